@@ -1,0 +1,211 @@
+"""The storage driver protocol: flat keys and bytes, no registry knowledge.
+
+A driver addresses objects by *key*: a ``/``-separated path relative to the driver's root
+directory (``docker/registry/v2/blobs/...``). Keys never start with ``/``, never contain
+``..`` segments, backslashes, NUL or other control characters; :func:`check_key` enforces
+this before any request is made and raises :class:`~drivers.errors.InvalidKey`.
+
+Every method raises only the exceptions of :mod:`drivers.errors`. Retryable errors have
+already been retried (see :mod:`drivers.retry`) by the time they reach the caller.
+
+Every request a driver sends to its storage is counted once in its :class:`RequestCounter`,
+under one of the kinds ``list``, ``get``, ``head``, ``put``, ``copy``, ``delete``
+(each multipart part is one ``put``).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from drivers.errors import InvalidKey, StorageError
+from drivers.retry import ATTEMPTS, pause
+
+REQUEST_KINDS = ("list", "get", "head", "put", "copy", "delete")
+
+CHUNK_SIZE = 1024 * 1024
+"""Size of the chunks :meth:`StorageDriver.open` yields (drivers may yield smaller ones)."""
+
+SMALL_READ_LIMIT = 4 * 1024 * 1024
+"""Default bound for :meth:`StorageDriver.read`: larger objects raise ``ObjectTooLarge``."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing or a stat sees it.
+
+    ``etag`` is an opaque change token: it changes whenever the content is rewritten
+    (an S3/GCS/Azure ETag, or size and nanosecond mtime on a filesystem). ``mtime`` is
+    seconds since the epoch.
+    """
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+
+
+class ObjectTooLarge(StorageError):
+    """A small read found an object larger than the caller's limit."""
+
+
+class RequestCounter:
+    """Thread-safe counts of storage requests by kind (see ``REQUEST_KINDS``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(REQUEST_KINDS, 0)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        if kind not in self._counts:
+            raise ValueError(f"unknown request kind {kind!r}")
+        with self._lock:
+            self._counts[kind] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key; raise ``InvalidKey`` otherwise."""
+    if not key or key.startswith("/") or key.endswith("/"):
+        raise InvalidKey(f"invalid key {key!r}: must be a non-empty relative path")
+    if "\\" in key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidKey(f"invalid key {key!r}: backslash or control character")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidKey(f"invalid key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is empty or a safe key followed by ``/``; raise ``InvalidKey``."""
+    if prefix:
+        if not prefix.endswith("/"):
+            raise InvalidKey(f"invalid prefix {prefix!r}: must end with '/'")
+        check_key(prefix[:-1])
+    return prefix
+
+
+class ChunkedWriter(ABC):
+    """A streaming upload to one key, invisible at that key until :meth:`commit`.
+
+    Use as a context manager: leaving the block without ``commit()`` (normally or by an
+    exception) calls :meth:`abort`. Memory held is bounded by the driver's part size.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.closed = False
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Append ``data``. Raises ``StorageError`` if a part upload fails after retries."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make the object visible at its key, atomically. Raises ``StorageError``."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; never raises. Idempotent; a no-op after commit."""
+
+    def __enter__(self) -> ChunkedWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.closed:
+            self.abort()
+
+
+class StorageDriver(ABC):
+    """One storage location (a bucket, container or directory, plus a root directory).
+
+    Subclasses set ``kind`` (the key of the Distribution ``storage:`` block they accept) and
+    implement :meth:`from_config` and the abstract methods.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.requests = RequestCounter()
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, params: dict) -> StorageDriver:
+        """Build a driver from the parameters of a Distribution ``storage.<kind>`` block.
+
+        Raises ``ConfigError`` naming the bad parameter (relative to the block).
+        """
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human-readable location such as ``s3://bucket/root``; never contains secrets."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        """Yield pages of every object whose key starts with ``prefix``, recursively.
+
+        Each page is the result of one listing request. Keys within the whole listing are in
+        ascending byte order. A prefix that matches nothing yields nothing (no error).
+        ``prefix`` is empty or ends with ``/``; otherwise ``InvalidKey``.
+        """
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Return the object's metadata. Raises ``NotFound``."""
+
+    @abstractmethod
+    def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
+        """Yield the object's bytes from ``offset`` in chunks (one request).
+
+        Raises ``NotFound`` before yielding anything if the key does not exist; a
+        ``TransientError`` (before or while yielding) is retried by :meth:`open`, so
+        implementations do not retry here.
+        """
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Store a small object atomically (readers see the old or the new bytes)."""
+
+    @abstractmethod
+    def writer(self, key: str) -> ChunkedWriter:
+        """Start a chunked upload to ``key``; see :class:`ChunkedWriter`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the object. Deleting a missing key is not an error."""
+
+    def read(self, key: str, limit: int = SMALL_READ_LIMIT) -> bytes:
+        """Return the whole object. Raises ``NotFound``, or ``ObjectTooLarge`` past ``limit``."""
+        data = bytearray()
+        for chunk in self.open(key):
+            data += chunk
+            if len(data) > limit:
+                raise ObjectTooLarge(f"{key}: larger than {limit} bytes")
+        return bytes(data)
+
+    def open(self, key: str, offset: int = 0) -> Iterator[bytes]:
+        """Yield the object's bytes from ``offset`` in chunks of at most ``CHUNK_SIZE``.
+
+        A stream that breaks with a retryable error is reopened at the byte where it broke,
+        up to the retry policy's number of attempts. Raises ``NotFound`` before yielding
+        anything if the key does not exist.
+        """
+        check_key(key)
+        failures = 0
+        while True:
+            try:
+                for chunk in self._read_range(key, offset):
+                    offset += len(chunk)
+                    failures = 0
+                    yield chunk
+                return
+            except StorageError as error:
+                failures += 1
+                if not error.retryable or failures >= ATTEMPTS:
+                    raise
+                pause(failures)

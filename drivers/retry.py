@@ -1,0 +1,46 @@
+"""The one low-level retry policy: retry ``StorageError``s whose ``retryable`` is true.
+
+Drivers wrap each single SDK call (not whole transfers) with :func:`retrying`; broken read
+streams are reopened by ``StorageDriver.open`` with the same attempts and :func:`pause`.
+SDK-internal retries are switched off in every driver so that attempts do not multiply.
+"""
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import tenacity
+
+from drivers.errors import StorageError
+
+T = TypeVar("T")
+
+ATTEMPTS = 5
+INITIAL_WAIT = 0.1
+MAX_WAIT = 5.0
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, StorageError) and error.retryable
+
+
+_policy = tenacity.Retrying(
+    retry=tenacity.retry_if_exception(is_retryable),
+    stop=tenacity.stop_after_attempt(ATTEMPTS),
+    wait=tenacity.wait_exponential_jitter(initial=INITIAL_WAIT, max=MAX_WAIT),
+    reraise=True,
+)
+
+
+def retrying(call: Callable[[], T]) -> T:
+    """Run ``call``, retrying retryable storage errors with jittered exponential back-off.
+
+    Raises the last error once attempts run out, and any non-retryable error at once.
+    """
+    return _policy.copy()(call)
+
+
+def pause(failures: int) -> None:
+    """Sleep the back-off that follows the ``failures``-th consecutive failure (1-based)."""
+    time.sleep(min(MAX_WAIT, INITIAL_WAIT * 2 ** (failures - 1) + random.uniform(0, INITIAL_WAIT)))

@@ -1,0 +1,93 @@
+"""The ``replicator`` command line. Exit codes: 0 success, 1 some items failed, 2 bad usage
+or configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from drivers.errors import ConfigError, StorageError
+from replicator import config as config_module
+from replicator import demo
+from replicator.engine import RunOptions, run_policy
+from replicator.report import PassReport, run_document, run_text
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return version("replicator")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replicator",
+        description="Replicate Docker Distribution registry storage between regions.")
+    parser.add_argument("--version", action="version", version=f"replicator {_version()}")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity on stderr (default: warning)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sync = commands.add_parser("sync", help="run one replication pass of every policy (or one)")
+    sync.add_argument("--config", default=os.environ.get("REPLICATOR_CONFIG"),
+                      help="configuration file (default: $REPLICATOR_CONFIG)")
+    sync.add_argument("--policy", help="run only the policy with this name")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print what would be copied, written and deleted; write nothing")
+    sync.add_argument("--json", action="store_true", help="print one JSON document")
+
+    demo_parser = commands.add_parser(
+        "demo", help="build a small registry, replicate it to two regions and verify them")
+    demo_parser.add_argument("--workdir", type=Path, default=Path("demo-work"),
+                             help="folder for the demo's regions (default: ./demo-work)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            return demo.run(args.workdir)
+        return _sync(args)
+    except ConfigError as error:
+        print(f"replicator: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _sync(args: argparse.Namespace) -> int:
+    if not args.config:
+        raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
+    config = config_module.load(args.config)
+    policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run)
+    started = time.monotonic()
+    reports: list[PassReport] = []
+    errors: list[str] = []
+    for policy in policies:
+        try:
+            reports.extend(run_policy(config, policy, options))
+        except StorageError as error:
+            errors.append(f"policy {policy.name}: {error}")
+    duration = time.monotonic() - started
+    requests = {name: region.storage.requests.snapshot() for name, region in config.regions.items()}
+    if args.json:
+        document = run_document(reports, errors, requests, duration, args.dry_run)
+        print(json.dumps(document, indent=2))
+    else:
+        print(run_text(reports, duration, args.dry_run))
+    for error in errors:
+        print(f"replicator: {error}", file=sys.stderr)
+    failed = errors or any(report.tags_failed for report in reports)
+    return EXIT_FAILED if failed else EXIT_OK

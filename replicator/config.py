@@ -1,0 +1,192 @@
+"""Load and validate the YAML configuration; every error names its field (``ConfigError``).
+
+``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the environment after
+the YAML is parsed, so a secret's characters can never change the document's structure.
+Error messages name fields and never repeat values, so secrets cannot leak through them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import drivers
+from drivers.base import StorageDriver
+from drivers.errors import ConfigError
+
+DEFAULT_CONCURRENCY = 8
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Filter:
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    source: str
+    destinations: tuple[str, ...]
+    repositories: Filter
+    tags: Filter
+    delete: bool
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    storage: StorageDriver
+
+
+@dataclass(frozen=True)
+class Config:
+    state_path: Path
+    regions: dict[str, Region]
+    policies: tuple[Policy, ...]
+    concurrency: int
+
+    def policy(self, name: str) -> Policy:
+        for policy in self.policies:
+            if policy.name == name:
+                return policy
+        raise ConfigError("--policy", f"no policy named {name!r}")
+
+
+def load(path: str | Path) -> Config:
+    """Read, expand and validate a configuration file. Raises ``ConfigError``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError("--config", f"cannot read {path}: {error.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{path}: invalid YAML{where}") from None
+    return parse(expand(document, ""), base=Path(path).parent)
+
+
+def expand(value: object, field: str) -> object:
+    """Replace ``${VAR}`` in every string of a parsed document. Raises ``ConfigError``."""
+    if isinstance(value, dict):
+        return {key: expand(item, _join(field, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, str):
+        def substitute(match: re.Match) -> str:
+            found = os.environ.get(match[1])
+            if found is None and match[2] is None:
+                raise ConfigError(field, f"environment variable {match[1]} is not set")
+            return found if found is not None else match[2]
+        return _VARIABLE.sub(substitute, value)
+    return value
+
+
+def parse(document: object, base: Path = Path(".")) -> Config:
+    """Validate an expanded document. Relative state paths are taken from ``base``."""
+    root = _mapping(document, "", {"state", "regions", "policies", "concurrency"})
+    state = _mapping(root.get("state", {}), "state", {"path"})
+    state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
+    concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
+    regions = _regions(root.get("regions"))
+    policies = _policies(root.get("policies"), regions)
+    return Config(base / state_path, regions, policies, concurrency)
+
+
+def _regions(value: object) -> dict[str, Region]:
+    if not value:
+        raise ConfigError("regions", "at least one region is required")
+    regions = {}
+    for name, block in _mapping(value, "regions").items():
+        field = f"regions.{name}"
+        region = _mapping(block, field, {"storage"})
+        if "storage" not in region:
+            raise ConfigError(f"{field}.storage", "is required")
+        try:
+            storage = drivers.open_storage(region["storage"])
+        except ConfigError as error:
+            raise error.under(f"{field}.storage") from None
+        regions[str(name)] = Region(str(name), storage)
+    return regions
+
+
+def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("policies", "must be a non-empty list")
+    policies: list[Policy] = []
+    for index, item in enumerate(value):
+        field = f"policies[{index}]"
+        block = _mapping(item, field, {"name", "source", "destinations", "repositories", "tags",
+                                       "delete"})
+        name = _string(block.get("name"), f"{field}.name")
+        if any(policy.name == name for policy in policies):
+            raise ConfigError(f"{field}.name", f"duplicate policy name {name!r}")
+        source = _region_name(block.get("source"), f"{field}.source", regions)
+        raw_destinations = block.get("destinations")
+        if not isinstance(raw_destinations, list) or not raw_destinations:
+            raise ConfigError(f"{field}.destinations", "must be a non-empty list of regions")
+        destinations = tuple(_region_name(item, f"{field}.destinations[{position}]", regions)
+                             for position, item in enumerate(raw_destinations))
+        if source in destinations:
+            raise ConfigError(f"{field}.destinations", f"includes the source region {source!r}")
+        if len(set(destinations)) != len(destinations):
+            raise ConfigError(f"{field}.destinations", "lists a region twice")
+        delete = block.get("delete", False)
+        if not isinstance(delete, bool):
+            raise ConfigError(f"{field}.delete", "must be true or false")
+        policies.append(Policy(name, source, destinations,
+                               _filter(block.get("repositories"), f"{field}.repositories"),
+                               _filter(block.get("tags"), f"{field}.tags"), delete))
+    return tuple(policies)
+
+
+def _filter(value: object, field: str) -> Filter:
+    if value is None:
+        return Filter()
+    block = _mapping(value, field, {"include", "exclude"})
+    patterns = {}
+    for key, default in (("include", ["*"]), ("exclude", [])):
+        items = block.get(key, default)
+        if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+            raise ConfigError(f"{field}.{key}", "must be a list of glob patterns")
+        patterns[key] = tuple(items)
+    return Filter(**patterns)
+
+
+def _region_name(value: object, field: str, regions: dict[str, Region]) -> str:
+    name = _string(value, field)
+    if name not in regions:
+        raise ConfigError(field, f"unknown region {name!r}; defined: {', '.join(regions)}")
+    return name
+
+
+def _mapping(value: object, field: str, allowed: set[str] | None = None) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(field, "must be a mapping")
+    for key in value:
+        if allowed is not None and key not in allowed:
+            raise ConfigError(_join(field, key), f"unknown key; expected one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _string(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(field, "is required and must be a non-empty string")
+    return value
+
+
+def _integer(value: object, field: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(field, f"must be an integer from {low} to {high}")
+    return value
+
+
+def _join(field: str, key: object) -> str:
+    return f"{field}.{key}" if field else str(key)

@@ -1,0 +1,76 @@
+"""Decide what a destination needs for one tag, in the order that keeps it consistent. Pure.
+
+The order of ``TagPlan.links`` is the safety contract (DESIGN invariant 1): for each manifest,
+children first, its layer links then its revision link; then the tag's index link; the tag's
+``current/link`` last. The executor copies every blob and manifest blob before the first link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+
+from replicator import layout
+from replicator.manifests import Descriptor, Manifest
+
+FOREIGN_MARKERS = ("foreign", "nondistributable")
+
+
+@dataclass(frozen=True)
+class TagPlan:
+    name: str
+    tag: str
+    digest: str
+    blobs: tuple[Descriptor, ...]
+    manifests: tuple[Manifest, ...]
+    links: tuple[tuple[str, str], ...]
+    """(key, digest) pairs in write order; the last is always the tag's current link."""
+    reused: frozenset[str]
+    """Digests of referenced blobs and manifests the destination already holds."""
+
+
+def is_foreign(descriptor: Descriptor) -> bool:
+    """A foreign (non-distributable) layer lives at its URLs, not in the registry."""
+    return bool(descriptor.urls) and any(m in descriptor.media_type for m in FOREIGN_MARKERS)
+
+
+def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest],
+             present_blobs: Container[str], present_links: Container[str]) -> TagPlan:
+    """Plan the copy of ``name:tag`` at ``digest`` into a destination.
+
+    ``manifests`` holds the tag's manifest and every manifest below it, by digest (a missing
+    one raises ``KeyError``). ``present_blobs`` are digests and ``present_links`` keys the
+    destination already has; they are neither copied nor written again.
+    """
+    blobs: dict[str, Descriptor] = {}
+    needed_manifests: dict[str, Manifest] = {}
+    links: list[tuple[str, str]] = []
+    reused: set[str] = set()
+
+    def need_link(key: str, target: str) -> None:
+        if key not in present_links and (key, target) not in links:
+            links.append((key, target))
+
+    def visit(manifest_digest: str) -> None:
+        manifest = manifests[manifest_digest]
+        for child in manifest.children:
+            visit(child.digest)
+        for blob in manifest.blobs:
+            if is_foreign(blob):
+                continue
+            if blob.digest in present_blobs:
+                reused.add(blob.digest)
+            else:
+                blobs.setdefault(blob.digest, blob)
+            need_link(layout.layer_link_key(name, blob.digest), blob.digest)
+        if manifest.digest in present_blobs:
+            reused.add(manifest.digest)
+        else:
+            needed_manifests.setdefault(manifest.digest, manifest)
+        need_link(layout.revision_link_key(name, manifest.digest), manifest.digest)
+
+    visit(digest)
+    need_link(layout.tag_index_key(name, tag, digest), digest)
+    links.append((layout.tag_current_key(name, tag), digest))
+    return TagPlan(name, tag, digest, tuple(blobs.values()), tuple(needed_manifests.values()),
+                   tuple(links), frozenset(reused))

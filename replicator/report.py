@@ -1,0 +1,101 @@
+"""What a pass did, counted thread-safely, and how it is shown (JSON or text)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+
+COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
+            "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied")
+
+
+@dataclass(frozen=True)
+class Failure:
+    repository: str
+    tag: str
+    error: str
+
+
+@dataclass
+class PassReport:
+    """The outcome of one policy's pass into one destination."""
+
+    policy: str
+    source: str
+    destination: str
+    tags_replicated: int = 0
+    tags_unchanged: int = 0
+    tags_deleted: int = 0
+    tags_failed: int = 0
+    manifests_copied: int = 0
+    blobs_copied: int = 0
+    blobs_present: int = 0
+    bytes_copied: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    planned: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown counter {counter!r}")
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + n)
+
+    def fail(self, repository: str, tag: str, error: str) -> None:
+        with self._lock:
+            self.tags_failed += 1
+            self.failures.append(Failure(repository, tag, error))
+
+    def plan(self, action: str) -> None:
+        with self._lock:
+            self.planned.append(action)
+
+    def as_dict(self, dry_run: bool) -> dict:
+        result = {key: value for key, value in asdict(self).items()
+                  if key not in ("_lock", "planned")}
+        result["failures"] = sorted(result["failures"], key=lambda f: (f["repository"], f["tag"]))
+        if dry_run:
+            result["planned"] = self.planned
+        return result
+
+
+def run_document(reports: list[PassReport], errors: list[str],
+                 requests: dict[str, dict[str, int]], duration: float, dry_run: bool) -> dict:
+    """The ``--json`` document of a ``sync`` run; ``errors`` are whole-pass failures."""
+    return {
+        "ok": not errors and all(report.tags_failed == 0 for report in reports),
+        "dry_run": dry_run,
+        "errors": errors,
+        "duration_seconds": round(duration, 3),
+        "passes": [report.as_dict(dry_run) for report in reports],
+        "requests": requests,
+    }
+
+
+def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
+    """A short human summary of a ``sync`` run."""
+    lines = []
+    for report in reports:
+        lines.append(
+            f"{report.policy}: {report.source} -> {report.destination}: "
+            f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
+            f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
+            f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
+            f"({_size(report.bytes_copied)}), {report.blobs_present} already present")
+        lines.extend(f"  would {action}" for action in report.planned)
+        lines.extend(f"  FAILED {f.repository}:{f.tag}: {f.error}"
+                     for f in sorted(report.failures, key=lambda f: (f.repository, f.tag)))
+    verb = "planned (dry run)" if dry_run else "done"
+    lines.append(f"{verb} in {duration:.1f}s")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

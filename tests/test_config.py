@@ -1,0 +1,133 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from drivers.errors import ConfigError
+from replicator import config
+
+SECRET = "s3cr3t-Value-That-Must-Not-Leak"
+
+
+def document(**overrides) -> dict:
+    doc = {
+        "state": {"path": "state.db"},
+        "regions": {
+            "us-east": {"storage": {"s3": {"region": "us-east-1", "bucket": "registry-us",
+                                           "rootdirectory": "/registry",
+                                           "regionendpoint": "http://127.0.0.1:9",
+                                           "accesskey": "${TEST_ACCESS_KEY}",
+                                           "secretkey": "${TEST_SECRET_KEY}"}}},
+            "eu-west": {"storage": {"filesystem": {"rootdirectory": "/tmp/eu"},
+                                    "delete": {"enabled": True}, "redirect": {"disable": True}}},
+        },
+        "policies": [{"name": "prod", "source": "us-east", "destinations": ["eu-west"],
+                      "repositories": {"include": ["*"], "exclude": []},
+                      "tags": {"include": ["*"], "exclude": ["dev-*"]}, "delete": False}],
+    }
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch):
+    monkeypatch.setenv("TEST_ACCESS_KEY", "AKIDEXAMPLE")
+    monkeypatch.setenv("TEST_SECRET_KEY", SECRET)
+
+
+def load(tmp_path, doc) -> config.Config:
+    path = tmp_path / "replicator.yml"
+    path.write_text(yaml.safe_dump(doc) if isinstance(doc, dict) else doc)
+    return config.load(path)
+
+
+def error_of(tmp_path, doc) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, doc)
+    assert SECRET not in str(caught.value)
+    return caught.value
+
+
+def test_example_shape_loads(tmp_path):
+    loaded = load(tmp_path, document())
+    assert loaded.state_path == tmp_path / "state.db"
+    assert loaded.regions["us-east"].storage.describe() == "s3://registry-us/registry"
+    policy = loaded.policy("prod")
+    assert (policy.source, policy.destinations, policy.delete) == ("us-east", ("eu-west",), False)
+    assert policy.tags.exclude == ("dev-*",)
+    assert SECRET not in repr(loaded)
+
+
+def test_shipped_examples_load(monkeypatch):
+    from pathlib import Path
+    examples = sorted(Path(__file__).parent.parent.joinpath("config").glob("*.yml"))
+    assert examples
+    for example in examples:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        assert config.load(example).policies
+
+
+def test_variables_expand_with_defaults(tmp_path, monkeypatch):
+    doc = document()
+    doc["state"]["path"] = "${STATE_DIR:-/var/lib/replicator}/state.db"
+    assert load(tmp_path, doc).state_path.as_posix() == "/var/lib/replicator/state.db"
+    monkeypatch.setenv("STATE_DIR", "/data")
+    assert load(tmp_path, doc).state_path.as_posix() == "/data/state.db"
+
+
+def test_missing_variable_names_the_field(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_SECRET_KEY")
+    error = error_of(tmp_path, document())
+    assert error.field == "regions.us-east.storage.s3.secretkey"
+    assert "TEST_SECRET_KEY" in error.message
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["policies"][0].update(destinations=["mars"]), "policies[0].destinations[0]"),
+    (lambda d: d["policies"][0].update(source="mars"), "policies[0].source"),
+    (lambda d: d["policies"][0].update(destinations=["us-east"]), "policies[0].destinations"),
+    (lambda d: d["policies"][0].update(destinations=[]), "policies[0].destinations"),
+    (lambda d: d["policies"][0].update(delete="yes"), "policies[0].delete"),
+    (lambda d: d["policies"][0].update(tags={"include": "*"}), "policies[0].tags.include"),
+    (lambda d: d["policies"][0].update(colour="blue"), "policies[0].colour"),
+    (lambda d: d["policies"].append(dict(d["policies"][0])), "policies[1].name"),
+    (lambda d: d["regions"]["us-east"]["storage"]["s3"].pop("bucket"), "regions.us-east.storage.s3.bucket"),
+    (lambda d: d["regions"]["us-east"]["storage"]["s3"].update(buckett="x"), "regions.us-east.storage.s3.buckett"),
+    (lambda d: d["regions"]["eu-west"].update(storage={"floppy": {}}), "regions.eu-west.storage.floppy"),
+    (lambda d: d["regions"]["eu-west"].update(storage={"delete": {"enabled": True}}), "regions.eu-west.storage"),
+    (lambda d: d["regions"]["eu-west"].pop("storage"), "regions.eu-west.storage"),
+    (lambda d: d.update(concurrency=0), "concurrency"),
+    (lambda d: d.update(regions={}), "regions"),
+    (lambda d: d.update(policies=[]), "policies"),
+    (lambda d: d.update(extra=1), "extra"),
+])
+def test_each_mistake_names_its_field(tmp_path, mutate, field):
+    doc = document()
+    mutate(doc)
+    assert error_of(tmp_path, doc).field == field
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    error = error_of(tmp_path, "regions:\n  a: [unclosed\n")
+    assert "invalid YAML" in str(error) and "line" in str(error) and "replicator.yml" in str(error)
+
+
+def test_cli_exits_2_naming_the_field(tmp_path):
+    doc = document()
+    doc["policies"][0]["destinations"] = ["nowhere"]
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config", str(path)],
+                            capture_output=True, text=True,
+                            env={"TEST_ACCESS_KEY": "a", "TEST_SECRET_KEY": SECRET, "PATH": "/usr/bin"})
+    assert result.returncode == 2
+    assert "policies[0].destinations[0]" in result.stderr and "nowhere" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_cli_without_config_exits_2():
+    result = subprocess.run([sys.executable, "-m", "replicator", "sync"], capture_output=True,
+                            text=True, env={"PATH": "/usr/bin"})
+    assert result.returncode == 2 and "--config" in result.stderr
