@@ -28,7 +28,7 @@ def is_retryable(error: BaseException) -> bool:
 _policy = tenacity.Retrying(
     retry=tenacity.retry_if_exception(is_retryable),
     stop=tenacity.stop_after_attempt(ATTEMPTS),
-    wait=tenacity.wait_exponential_jitter(initial=INITIAL_WAIT, max=MAX_WAIT),
+    wait=tenacity.wait_exponential_jitter(multiplier=INITIAL_WAIT, max=MAX_WAIT, jitter=INITIAL_WAIT),
     reraise=True,
 )
 
