@@ -51,9 +51,10 @@ class PassReport:
             self.planned.append(action)
 
     def as_dict(self, dry_run: bool) -> dict:
-        result = {key: value for key, value in asdict(self).items()
-                  if key not in ("_lock", "planned")}
-        result["failures"] = sorted(result["failures"], key=lambda f: (f["repository"], f["tag"]))
+        result = {"policy": self.policy, "source": self.source, "destination": self.destination}
+        result.update((counter, getattr(self, counter)) for counter in COUNTERS)
+        result["failures"] = [asdict(failure) for failure in
+                              sorted(self.failures, key=lambda f: (f.repository, f.tag))]
         if dry_run:
             result["planned"] = self.planned
         return result

@@ -1,0 +1,215 @@
+"""Objects as files under a root directory, laid out as Distribution's filesystem driver does.
+
+A key is a path relative to the root. New content is written to a private temporary area,
+``<root>/.replicator-tmp/``, synced, and renamed into place, so readers see the old file or
+the new one. Symbolic links are never listed, and a key that resolves outside the root is an
+``InvalidKey``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mode
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from drivers.base import CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_key, check_prefix
+from drivers.errors import AccessDenied, ConfigError, InvalidKey, NotFound, StorageError
+
+DEFAULT_ROOT = "/var/lib/registry"
+TEMP_DIR = ".replicator-tmp"
+PAGE_SIZE = 1000
+
+_NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
+
+
+@contextmanager
+def _os_errors(action: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        kind = (NotFound if error.errno in _NOT_FOUND else
+                AccessDenied if error.errno in _DENIED else StorageError)
+        raise kind(f"filesystem {action} {key!r}: {error.strerror or error}") from None
+
+
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime_ns / 1e9)
+
+
+def _byte_order(entry: os.DirEntry) -> bytes:
+    return os.fsencode(entry.name) + (b"/" if entry.is_dir(follow_symlinks=False) else b"")
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temp: str, path: str) -> None:
+    """Rename ``temp`` to ``path``, recreating parents a concurrent delete may have removed."""
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            os.replace(temp, path)
+            break
+        except FileNotFoundError:
+            if not os.path.exists(temp):
+                raise
+    _fsync_directory(parent)
+
+
+class FilesystemDriver(StorageDriver):
+    """Files under ``root``; see the module docstring. Errors as :class:`StorageDriver` states."""
+
+    kind = "filesystem"
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = os.path.realpath(root)
+        self._temp = os.path.join(self.root, TEMP_DIR)
+
+    @classmethod
+    def from_config(cls, params: dict) -> FilesystemDriver:
+        for name in params:
+            if name not in ("rootdirectory", "maxthreads"):
+                raise ConfigError(str(name), "unknown parameter")
+        root = params.get("rootdirectory") or DEFAULT_ROOT
+        if not isinstance(root, str):
+            raise ConfigError("rootdirectory", "must be a path")
+        threads = params.get("maxthreads")
+        if threads is not None and (isinstance(threads, bool) or not str(threads).isdigit()):
+            raise ConfigError("maxthreads", "must be a positive integer")
+        return cls(root)
+
+    def describe(self) -> str:
+        return f"filesystem:{self.root}"
+
+    def _path(self, key: str) -> str:
+        check_key(key)
+        if key.split("/", 1)[0] == TEMP_DIR:
+            raise InvalidKey(f"invalid key {key!r}: {TEMP_DIR} is the driver's temporary area")
+        path = os.path.join(self.root, key)
+        if os.path.commonpath([self.root, os.path.realpath(path)]) != self.root:
+            raise InvalidKey(f"invalid key {key!r}: resolves outside {self.root}")
+        return path
+
+    def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        check_prefix(prefix)
+        self.requests.add("list")
+        top = os.path.normpath(os.path.join(self.root, prefix))
+        if prefix.startswith(TEMP_DIR + "/") or os.path.realpath(top) != top:
+            return
+        page: list[ObjectInfo] = []
+        for info in self._walk(top, prefix):
+            if len(page) == PAGE_SIZE:
+                yield page
+                page = []
+                self.requests.add("list")
+            page.append(info)
+        if page:
+            yield page
+
+    def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
+        with _os_errors("list", prefix):
+            try:
+                with os.scandir(directory) as scan:
+                    entries = sorted(scan, key=_byte_order)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for entry in entries:
+                key = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if key != TEMP_DIR:
+                        yield from self._walk(entry.path, key + "/")
+                elif entry.is_file(follow_symlinks=False):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield _info(key, st)
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        self.requests.add("head")
+        with _os_errors("stat", key):
+            st = os.stat(path)
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise NotFound(f"filesystem stat {key!r}: not a file")
+        return _info(key, st)
+
+    def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
+        path = self._path(key)
+        self.requests.add("get")
+        with _os_errors("read", key), open(path, "rb") as file:
+            file.seek(offset)
+            while chunk := file.read(CHUNK_SIZE):
+                yield chunk
+
+    def write(self, key: str, data: bytes) -> None:
+        with self.writer(key) as writer:
+            writer.write(data)
+            writer.commit()
+
+    def writer(self, key: str) -> ChunkedWriter:
+        return _FileWriter(self, key, self._path(key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        self.requests.add("delete")
+        with _os_errors("delete", key):
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return
+            parent = os.path.dirname(path)
+            while parent != self.root:
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)
+
+
+class _FileWriter(ChunkedWriter):
+    def __init__(self, driver: FilesystemDriver, key: str, path: str) -> None:
+        super().__init__()
+        self._driver, self._key, self._path = driver, key, path
+        self._temp = os.path.join(driver._temp, uuid.uuid4().hex)
+        with _os_errors("write", key):
+            os.makedirs(driver._temp, exist_ok=True)
+            self._file = open(self._temp, "xb")
+
+    def write(self, data: bytes) -> None:
+        with _os_errors("write", self._key):
+            self._file.write(data)
+        self.size += len(data)
+
+    def commit(self) -> None:
+        self._driver.requests.add("put")
+        with _os_errors("write", self._key):
+            self._file.flush()
+            # The kernel's own mtime ticks coarsely; a precise one makes every rewrite a new etag.
+            now = time.time_ns()
+            os.utime(self._file.fileno(), ns=(now, now))
+            os.fsync(self._file.fileno())
+            self._file.close()
+            _publish(self._temp, self._path)
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with suppress(OSError):
+            self._file.close()
+        with suppress(OSError):
+            os.unlink(self._temp)

@@ -1,0 +1,304 @@
+"""Objects in an S3 bucket (or an S3-compatible store such as moto or MinIO), via boto3.
+
+Keys live under the configured root directory in the bucket. botocore's own retries are off:
+each SDK call is retried by :func:`drivers.retry.retrying`, and every HTTP request botocore
+sends is counted by one event handler. Credentials are handed to botocore and kept nowhere else.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from datetime import datetime
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from drivers.base import CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_key, check_prefix
+from drivers.errors import (AccessDenied, ConfigError, InvalidKey, NotFound, PreconditionFailed,
+                            StorageError, TransientError)
+from drivers.retry import retrying
+
+MIB = 1024 * 1024
+MIN_CHUNK_SIZE = 5 * MIB
+DEFAULT_CHUNK_SIZE = 10 * MIB
+DEFAULT_MAX_CONNECTIONS = 32
+PAGE_SIZE = 1000
+
+PARAMETERS: dict[str, type] = {
+    "accesskey": str, "secretkey": str, "sessiontoken": str, "region": str, "regionendpoint": str,
+    "bucket": str, "encrypt": bool, "keyid": str, "secure": bool, "skipverify": bool, "v4auth": bool,
+    "chunksize": int, "multipartcopychunksize": int, "multipartcopymaxconcurrency": int,
+    "multipartcopythresholdsize": int, "rootdirectory": str, "storageclass": str, "objectacl": str,
+    "useragent": str, "usedualstack": bool, "accelerate": bool, "loglevel": str,
+    "forcepathstyle": bool, "maxconnections": int,
+}
+"""Distribution 2.8's S3 parameters (the multipartcopy* ones and loglevel are accepted and
+unused), plus ``maxconnections``: the size of the HTTP connection pool."""
+
+MINIMUMS = {"chunksize": MIN_CHUNK_SIZE, "maxconnections": 1}
+
+REQUEST_KINDS = {
+    "ListObjectsV2": "list", "ListMultipartUploads": "list", "ListParts": "list",
+    "GetObject": "get",
+    "HeadObject": "head", "HeadBucket": "head",
+    "PutObject": "put", "CreateMultipartUpload": "put", "UploadPart": "put",
+    "CompleteMultipartUpload": "put",
+    "CopyObject": "copy", "UploadPartCopy": "copy",
+    "DeleteObject": "delete", "DeleteObjects": "delete", "AbortMultipartUpload": "delete",
+}
+
+_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                              "InternalError", "ServiceUnavailable"})
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+_BROKEN_CONNECTION = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                      botocore.exceptions.IncompleteReadError, urllib3.exceptions.HTTPError,
+                      http.client.IncompleteRead, ConnectionError, TimeoutError)
+
+
+def _typed(name: str, value: object, kind: type) -> object:
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(name, "must be true or false")
+    elif kind is int:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < MINIMUMS.get(name, 0):
+            raise ConfigError(name, f"must be an integer of at least {MINIMUMS.get(name, 0)}")
+    elif not isinstance(value, str):
+        raise ConfigError(name, "must be a string")
+    return value
+
+
+def _parse(params: dict) -> dict:
+    config = {}
+    for name, value in params.items():
+        if name not in PARAMETERS:
+            raise ConfigError(str(name), "unknown parameter")
+        if value is not None:
+            config[name] = _typed(name, value, PARAMETERS[name])
+    for name in ("bucket", "region"):
+        if not config.get(name):
+            raise ConfigError(name, "is required")
+    if bool(config.get("accesskey")) != bool(config.get("secretkey")):
+        raise ConfigError("secretkey" if config.get("accesskey") else "accesskey",
+                          "is required when the other of accesskey and secretkey is set")
+    root = config.get("rootdirectory", "").strip("/")
+    try:
+        config["rootdirectory"] = check_key(root) + "/" if root else ""
+    except InvalidKey:
+        raise ConfigError("rootdirectory", "must be a plain /-separated path") from None
+    return config
+
+
+def _client(config: dict):
+    secure = config.get("secure", True)
+    endpoint = config.get("regionendpoint")
+    if endpoint and "://" not in endpoint:
+        endpoint = ("https://" if secure else "http://") + endpoint
+    s3 = {"addressing_style": "path" if endpoint or config.get("forcepathstyle") else "auto",
+          "use_dualstack_endpoint": config.get("usedualstack", False),
+          "use_accelerate_endpoint": config.get("accelerate", False)}
+    options = botocore.config.Config(
+        retries={"total_max_attempts": 1},
+        max_pool_connections=config.get("maxconnections", DEFAULT_MAX_CONNECTIONS),
+        signature_version="s3v4" if config.get("v4auth", True) else "s3",
+        user_agent_extra=config.get("useragent"),
+        s3=s3,
+    )
+    credentials = {}
+    if config.get("accesskey"):
+        credentials = {"aws_access_key_id": config["accesskey"],
+                       "aws_secret_access_key": config["secretkey"],
+                       "aws_session_token": config.get("sessiontoken")}
+    return boto3.session.Session().client(
+        "s3", region_name=config["region"], endpoint_url=endpoint, use_ssl=secure,
+        verify=False if config.get("skipverify") else None, config=options, **credentials)
+
+
+def _put_args(config: dict) -> dict:
+    args = {}
+    if config.get("encrypt"):
+        if config.get("keyid"):
+            args.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=config["keyid"])
+        else:
+            args["ServerSideEncryption"] = "AES256"
+    if config.get("storageclass", "STANDARD") != "NONE":
+        args["StorageClass"] = config.get("storageclass", "STANDARD")
+    if "objectacl" in config:
+        args["ACL"] = config["objectacl"]
+    return args
+
+
+def _info(key: str, size: int, etag: str, modified: datetime) -> ObjectInfo:
+    return ObjectInfo(key, size, etag.strip('"'), modified.timestamp())
+
+
+def _client_error(where: str, error: botocore.exceptions.ClientError) -> StorageError:
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = f"{where}: {code or status} {error.response.get('Error', {}).get('Message', '')}".rstrip()
+    if status == 404 or code in ("NoSuchKey", "NotFound"):
+        return NotFound(message)
+    if status == 412 or code == "PreconditionFailed":
+        return PreconditionFailed(message)
+    if status == 403 or code == "AccessDenied":
+        return AccessDenied(message)
+    if status in _TRANSIENT_STATUSES or code in _TRANSIENT_CODES:
+        return TransientError(message)
+    return StorageError(message)
+
+
+class S3Driver(StorageDriver):
+    """Objects under ``root`` (``""`` or ``"some/path/"``) in ``bucket``, through ``client``.
+
+    ``chunk_size`` is the multipart part size of :meth:`writer`; ``put_args`` (encryption,
+    storage class, ACL) are added to every object creation. Errors as :class:`StorageDriver`
+    states; an unreadable bucket raises ``NotFound`` or ``AccessDenied``.
+    """
+
+    kind = "s3"
+
+    def __init__(self, client, bucket: str, *, root: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 put_args: dict | None = None) -> None:
+        super().__init__()
+        self._client = client
+        self.bucket = bucket
+        self.root = root
+        self.chunk_size = chunk_size
+        self.put_args = dict(put_args or {})
+        client.meta.events.register("before-send.s3", self._count)
+
+    @classmethod
+    def from_config(cls, params: dict) -> S3Driver:
+        config = _parse(params)
+        return cls(_client(config), config["bucket"], root=config["rootdirectory"],
+                   chunk_size=config.get("chunksize", DEFAULT_CHUNK_SIZE), put_args=_put_args(config))
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.root}".rstrip("/")
+
+    def _count(self, event_name: str, **_) -> None:
+        kind = REQUEST_KINDS.get(event_name.rsplit(".", 1)[-1])
+        if kind:
+            self.requests.add(kind)
+
+    @contextmanager
+    def _errors(self, operation: str, key: str) -> Iterator[None]:
+        where = f"s3 {operation} s3://{self.bucket}/{self.root}{key}"
+        try:
+            yield
+        except botocore.exceptions.ClientError as error:
+            raise _client_error(where, error) from None
+        except _BROKEN_CONNECTION as error:
+            raise TransientError(f"{where}: {type(error).__name__}: {error}") from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise StorageError(f"{where}: {type(error).__name__}: {error}") from None
+
+    def _call(self, operation: str, key: str, **args) -> dict:
+        """One SDK call about ``key`` (or a prefix), with errors translated and retried."""
+        method = getattr(self._client, operation)
+
+        def attempt() -> dict:
+            with self._errors(operation, key):
+                return method(Bucket=self.bucket, **args)
+
+        return retrying(attempt)
+
+    def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        check_prefix(prefix)
+        args = {"Prefix": self.root + prefix, "MaxKeys": PAGE_SIZE}
+        while True:
+            page = self._call("list_objects_v2", prefix, **args)
+            if page.get("Contents"):
+                yield [_info(item["Key"][len(self.root):], item["Size"], item["ETag"],
+                             item["LastModified"]) for item in page["Contents"]]
+            if not page.get("IsTruncated"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(key)
+        head = self._call("head_object", key, Key=self.root + key)
+        return _info(key, head["ContentLength"], head["ETag"], head["LastModified"])
+
+    def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
+        args = {"Key": self.root + key}
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        with self._errors("get_object", key):
+            try:
+                body = self._client.get_object(Bucket=self.bucket, **args)["Body"]
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return
+                raise
+            with closing(body):
+                yield from body.iter_chunks(CHUNK_SIZE)
+
+    def write(self, key: str, data: bytes) -> None:
+        check_key(key)
+        self._call("put_object", key, Key=self.root + key, Body=data, **self.put_args)
+
+    def writer(self, key: str) -> ChunkedWriter:
+        return _MultipartWriter(self, check_key(key))
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with suppress(NotFound):
+            self._call("delete_object", key, Key=self.root + key)
+
+
+class _MultipartWriter(ChunkedWriter):
+    """Buffers one part; a single PutObject if the object ends within it, else a multipart upload."""
+
+    def __init__(self, driver: S3Driver, key: str) -> None:
+        super().__init__()
+        self._driver, self._key = driver, key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict] = []
+
+    def _upload(self, operation: str, **args) -> dict:
+        return self._driver._call(operation, self._key, Key=self._driver.root + self._key, **args)
+
+    def _upload_part(self, size: int) -> None:
+        if self._upload_id is None:
+            created = self._upload("create_multipart_upload", **self._driver.put_args)
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + 1
+        part = bytes(self._buffer[:size])
+        response = self._upload("upload_part", UploadId=self._upload_id, PartNumber=number, Body=part)
+        del self._buffer[:size]
+        self._parts.append({"ETag": response["ETag"], "PartNumber": number})
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) >= self._driver.chunk_size:
+            self._upload_part(self._driver.chunk_size)
+
+    def commit(self) -> None:
+        if self._upload_id is None:
+            self._upload("put_object", Body=bytes(self._buffer), **self._driver.put_args)
+        else:
+            if self._buffer:
+                self._upload_part(len(self._buffer))
+            self._upload("complete_multipart_upload", UploadId=self._upload_id,
+                         MultipartUpload={"Parts": self._parts})
+        self._buffer.clear()
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer.clear()
+        if self._upload_id is not None:
+            with suppress(StorageError):
+                self._upload("abort_multipart_upload", UploadId=self._upload_id)

@@ -1,0 +1,271 @@
+"""The conformance suite every storage driver passes.
+
+A backend's test module declares ``class TestX(DriverConformance)`` and provides the fixture
+``driver``: a fresh, empty :class:`~drivers.base.StorageDriver`. If the driver uploads in parts,
+its part size should be at most 5 MiB so that the large-object tests cross part boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from drivers import open_storage
+from drivers.base import CHUNK_SIZE, ObjectTooLarge, StorageDriver
+from drivers.errors import ConfigError, InvalidKey, NotFound
+
+MIB = 1024 * 1024
+
+HOSTILE_KEYS = ["", "/abs", "../up", "a/../b", "a/./b", "a\\b", "a\x00b", "a\nb", "a\x7fb",
+                "a/", "a//b"]
+HOSTILE_PREFIXES = ["/abs/", "../", "a/../", "a\\b/", "a\x00/", "a\n/", "a", "a//", "/"]
+UNUSUAL_KEYS = ["space/a b", "unicode/ünïcödé/日本語", "plus/a+b", "percent/a%20b%", "colon/sha256:0f",
+                "at/user@host", "tilde/~x", "query/a=b&c?d", "hash/#x"]
+LINK = "sha256:" + "a" * 64
+"""A Distribution link file: always 71 bytes, whatever it points at."""
+
+
+def requests_sent(driver: StorageDriver, action: Callable[[], object]) -> dict[str, int]:
+    """The requests ``action()`` sent, by kind, leaving out kinds it did not send."""
+    before = driver.requests.snapshot()
+    action()
+    after = driver.requests.snapshot()
+    return {kind: after[kind] - before[kind] for kind in after if after[kind] != before[kind]}
+
+
+def assert_config_error(driver_class: type[StorageDriver], params: dict, field: str) -> None:
+    """``params`` fail with a ConfigError naming ``field``, directly and in a ``storage:`` block."""
+    with pytest.raises(ConfigError) as caught:
+        driver_class.from_config(params)
+    assert caught.value.field == field
+    with pytest.raises(ConfigError) as caught:
+        open_storage({driver_class.kind: params})
+    assert caught.value.field == f"{driver_class.kind}.{field}"
+
+
+def listed(driver: StorageDriver, prefix: str = "") -> list[str]:
+    return [info.key for page in driver.list(prefix) for info in page]
+
+
+def byte_order(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda key: key.encode())
+
+
+def write_all(driver: StorageDriver, keys: list[str], data: bytes = b"x") -> None:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda key: driver.write(key, data), keys))
+
+
+def stream(driver: StorageDriver, key: str, offset: int = 0) -> bytes:
+    return b"".join(driver.open(key, offset))
+
+
+class DriverConformance:
+    """Mixin of the tests every driver passes; subclasses provide the ``driver`` fixture."""
+
+    @pytest.fixture
+    def driver(self) -> StorageDriver:
+        raise NotImplementedError("a backend's test class provides a fresh, empty driver")
+
+    def test_list_empty(self, driver):
+        assert list(driver.list()) == []
+
+    def test_list_prefix_matching_nothing_yields_nothing(self, driver):
+        driver.write("a/b", b"x")
+        assert list(driver.list("x/")) == []
+        assert list(driver.list("a/b/")) == []
+
+    def test_list_pages_of_1000_in_byte_order(self, driver):
+        keys = [f"d{i % 7}/k{i}" for i in range(2001)]
+        write_all(driver, keys)
+        pages = []
+        assert requests_sent(driver, lambda: pages.extend(driver.list())) == {"list": 3}
+        assert [len(page) for page in pages] == [1000, 1000, 1]
+        assert [info.key for page in pages for info in page] == byte_order(keys)
+
+    def test_list_byte_order_across_directories(self, driver):
+        keys = ["a/x0/y", "a/x-", "a/x", "a-b", "a0", "aa", "A", "b/c/d", "b.c", "z", "~", "é"]
+        write_all(driver, keys)
+        assert listed(driver) == byte_order(keys)
+
+    def test_list_prefix_excludes_siblings_sharing_a_string_prefix(self, driver):
+        write_all(driver, ["a/b/1", "a/b/c/2", "a/bc/3", "a/b-4"])
+        assert listed(driver, "a/b/") == ["a/b/1", "a/b/c/2"]
+        assert listed(driver, "a/") == ["a/b-4", "a/b/1", "a/b/c/2", "a/bc/3"]
+
+    def test_list_metadata_matches_stat(self, driver):
+        driver.write("dir/obj", b"12345")
+        [[info]] = list(driver.list("dir/"))
+        stat = driver.stat("dir/obj")
+        assert (info.key, info.size, info.etag) == ("dir/obj", 5, stat.etag)
+        assert abs(info.mtime - stat.mtime) < 1
+
+    def test_stat_size_etag_mtime(self, driver):
+        driver.write("obj", b"hello world")
+        info = driver.stat("obj")
+        assert info.key == "obj" and info.size == 11
+        assert isinstance(info.etag, str) and info.etag and '"' not in info.etag
+        assert abs(info.mtime - time.time()) < 60
+
+    def test_stat_missing_raises_not_found(self, driver):
+        with pytest.raises(NotFound):
+            driver.stat("missing/obj")
+
+    def test_etag_changes_when_rewritten_with_same_size(self, driver):
+        key = "repo/_manifests/tags/latest/current/link"
+        driver.write(key, LINK.encode())
+        before = driver.stat(key)
+        driver.write(key, LINK.replace("a", "b").encode())
+        after = driver.stat(key)
+        assert before.size == after.size == 71
+        assert before.etag != after.etag
+        assert [info.etag for page in driver.list() for info in page] == [after.etag]
+
+    def test_write_read_round_trip(self, driver):
+        data = bytes(range(256)) * 40
+        driver.write("blobs/data", data)
+        assert driver.read("blobs/data") == data
+
+    def test_empty_object(self, driver):
+        driver.write("empty", b"")
+        with driver.writer("empty-streamed") as writer:
+            writer.commit()
+        for key in ("empty", "empty-streamed"):
+            assert driver.read(key) == b""
+            assert driver.stat(key).size == 0
+
+    def test_read_missing_raises_not_found(self, driver):
+        with pytest.raises(NotFound):
+            driver.read("missing")
+        with pytest.raises(NotFound):
+            next(driver.open("missing"))
+
+    def test_read_past_limit_raises_object_too_large(self, driver):
+        driver.write("obj", b"x" * 100)
+        assert driver.read("obj", limit=100) == b"x" * 100
+        with pytest.raises(ObjectTooLarge):
+            driver.read("obj", limit=99)
+
+    def test_open_from_offset(self, driver):
+        data = bytes(range(256)) * 4
+        driver.write("obj", data)
+        assert stream(driver, "obj", 100) == data[100:]
+        assert stream(driver, "obj", len(data) - 1) == data[-1:]
+        assert stream(driver, "obj", len(data)) == b""
+
+    def test_writer_streams_large_object(self, driver):
+        data = os.urandom(12 * MIB + 12345)
+        with driver.writer("big") as writer:
+            for start in range(0, len(data), 777_777):
+                writer.write(data[start:start + 777_777])
+            writer.commit()
+        assert writer.size == len(data)
+        chunks = list(driver.open("big"))
+        assert all(len(chunk) <= CHUNK_SIZE for chunk in chunks)
+        assert b"".join(chunks) == data
+        assert driver.stat("big").size == len(data)
+        assert stream(driver, "big", 6 * MIB) == data[6 * MIB:]
+
+    def test_writer_invisible_before_commit(self, driver):
+        with driver.writer("dir/obj") as writer:
+            writer.write(b"x" * (6 * MIB))
+            with pytest.raises(NotFound):
+                driver.stat("dir/obj")
+            assert list(driver.list()) == []
+            writer.commit()
+        assert listed(driver) == ["dir/obj"]
+
+    def test_writer_keeps_old_content_until_commit(self, driver):
+        driver.write("obj", b"old")
+        with driver.writer("obj") as writer:
+            writer.write(b"new")
+            assert driver.read("obj") == b"old"
+            writer.commit()
+        assert driver.read("obj") == b"new"
+
+    def test_writer_abort_leaves_nothing(self, driver):
+        writer = driver.writer("dir/obj")
+        writer.write(b"x" * (6 * MIB))
+        writer.abort()
+        writer.abort()
+        assert list(driver.list()) == []
+        with pytest.raises(NotFound):
+            driver.stat("dir/obj")
+
+    def test_writer_left_without_commit_aborts(self, driver):
+        with driver.writer("obj") as writer:
+            writer.write(b"partial")
+        assert writer.closed
+        assert list(driver.list()) == []
+
+    def test_writer_exception_aborts(self, driver):
+        with pytest.raises(RuntimeError), driver.writer("obj") as writer:
+            writer.write(b"partial")
+            raise RuntimeError("source broke")
+        assert list(driver.list()) == []
+
+    def test_writer_abort_after_commit_is_a_no_op(self, driver):
+        writer = driver.writer("obj")
+        writer.write(b"kept")
+        writer.commit()
+        writer.abort()
+        assert driver.read("obj") == b"kept"
+
+    def test_write_overwrites_whole_object(self, driver):
+        driver.write("obj", b"a much longer first version")
+        driver.write("obj", b"short")
+        assert driver.read("obj") == b"short"
+        assert listed(driver) == ["obj"]
+
+    def test_delete_removes_object(self, driver):
+        driver.write("a/b/c", b"x")
+        driver.write("a/d", b"y")
+        driver.delete("a/b/c")
+        with pytest.raises(NotFound):
+            driver.stat("a/b/c")
+        assert listed(driver) == ["a/d"]
+        assert list(driver.list("a/b/")) == []
+
+    def test_delete_is_idempotent(self, driver):
+        driver.write("obj", b"x")
+        driver.delete("obj")
+        driver.delete("obj")
+        driver.delete("never/existed")
+        assert list(driver.list()) == []
+
+    @pytest.mark.parametrize("key", HOSTILE_KEYS)
+    def test_hostile_key_rejected_before_any_request(self, driver, key):
+        operations = [lambda: driver.read(key), lambda: driver.write(key, b"x"),
+                      lambda: driver.stat(key), lambda: driver.delete(key),
+                      lambda: driver.writer(key), lambda: next(driver.open(key))]
+        for operation in operations:
+            with pytest.raises(InvalidKey):
+                operation()
+        assert not any(driver.requests.snapshot().values())
+
+    @pytest.mark.parametrize("prefix", HOSTILE_PREFIXES)
+    def test_hostile_prefix_rejected_before_any_request(self, driver, prefix):
+        with pytest.raises(InvalidKey):
+            next(driver.list(prefix))
+        assert not any(driver.requests.snapshot().values())
+
+    @pytest.mark.parametrize("key", UNUSUAL_KEYS)
+    def test_unusual_key_round_trips(self, driver, key):
+        driver.write(key, key.encode())
+        assert driver.read(key) == key.encode()
+        assert driver.stat(key).key == key
+        assert listed(driver) == [key]
+        assert listed(driver, key.split("/")[0] + "/") == [key]
+        driver.delete(key)
+        assert list(driver.list()) == []
+
+    def test_request_counts(self, driver):
+        assert requests_sent(driver, lambda: driver.write("obj", b"x")) == {"put": 1}
+        assert requests_sent(driver, lambda: driver.stat("obj")) == {"head": 1}
+        assert requests_sent(driver, lambda: driver.read("obj")) == {"get": 1}
+        assert requests_sent(driver, lambda: driver.delete("obj")) == {"delete": 1}
+        assert requests_sent(driver, lambda: list(driver.list())) == {"list": 1}

@@ -1,0 +1,86 @@
+import os
+
+import pytest
+
+from drivers.errors import InvalidKey
+from drivers.filesystem import TEMP_DIR, FilesystemDriver
+from tests.conformance import DriverConformance, assert_config_error, listed
+
+
+class TestFilesystem(DriverConformance):
+    @pytest.fixture
+    def driver(self, tmp_path):
+        return FilesystemDriver.from_config({"rootdirectory": str(tmp_path / "root")})
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+def test_from_config_defaults_and_distribution_keys():
+    assert FilesystemDriver.from_config({}).describe() == "filesystem:/var/lib/registry"
+    driver = FilesystemDriver.from_config({"rootdirectory": "/srv/registry", "maxthreads": 100})
+    assert driver.describe() == "filesystem:/srv/registry"
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"rootdirectory": "/r", "bogus": 1}, "bogus"),
+    ({"rootdirectory": 5}, "rootdirectory"),
+    ({"maxthreads": "many"}, "maxthreads"),
+    ({"maxthreads": True}, "maxthreads"),
+])
+def test_from_config_errors_name_the_key(params, field):
+    assert_config_error(FilesystemDriver, params, field)
+
+
+def test_symlinks_out_of_the_root_are_not_followed(tmp_path, root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    (root / "linked-dir").symlink_to(outside)
+    (root / "linked-file").symlink_to(outside / "secret")
+    driver = FilesystemDriver(str(root))
+    driver.write("real", b"x")
+
+    assert listed(driver) == ["real"]
+    assert list(driver.list("linked-dir/")) == []
+    for key in ("linked-dir/secret", "linked-file"):
+        with pytest.raises(InvalidKey):
+            driver.read(key)
+        with pytest.raises(InvalidKey):
+            driver.stat(key)
+    with pytest.raises(InvalidKey):
+        driver.write("linked-dir/planted", b"x")
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_temp_area_is_neither_listed_nor_addressable(root):
+    (root / TEMP_DIR).mkdir()
+    (root / TEMP_DIR / "crash-leftover").write_bytes(b"half a blob")
+    driver = FilesystemDriver(str(root))
+    assert list(driver.list()) == []
+    assert list(driver.list(f"{TEMP_DIR}/")) == []
+    with pytest.raises(InvalidKey):
+        driver.write(f"{TEMP_DIR}/crash-leftover", b"x")
+
+
+def test_writer_leaves_no_temp_file(root):
+    driver = FilesystemDriver(str(root))
+    driver.write("a", b"x")
+    with driver.writer("b") as writer:
+        writer.write(b"y")
+    assert os.listdir(root / TEMP_DIR) == []
+
+
+def test_delete_removes_empty_parent_directories(root):
+    driver = FilesystemDriver(str(root))
+    driver.write("a/b/c/key", b"x")
+    driver.write("a/other", b"y")
+    driver.delete("a/b/c/key")
+    assert not (root / "a" / "b").exists()
+    assert (root / "a" / "other").exists()
+    driver.delete("a/other")
+    assert not (root / "a").exists()
+    assert root.is_dir()
