@@ -106,8 +106,11 @@ class ChunkedWriter(ABC):
         """Append ``data``. Raises ``StorageError`` if a part upload fails after retries."""
 
     @abstractmethod
-    def commit(self) -> None:
-        """Make the object visible at its key, atomically. Raises ``StorageError``."""
+    def commit(self) -> str:
+        """Make the object visible at its key, atomically; return its etag as listings show it.
+
+        Raises ``StorageError``; the object is then not visible (call :meth:`abort`).
+        """
 
     @abstractmethod
     def abort(self) -> None:
@@ -168,8 +171,11 @@ class StorageDriver(ABC):
         """
 
     @abstractmethod
-    def write(self, key: str, data: bytes) -> None:
-        """Store a small object atomically (readers see the old or the new bytes)."""
+    def write(self, key: str, data: bytes) -> str:
+        """Store a small object atomically (readers see the old or the new bytes).
+
+        Returns the new object's etag as listings and :meth:`stat` show it.
+        """
 
     @abstractmethod
     def writer(self, key: str) -> ChunkedWriter:

@@ -154,10 +154,10 @@ class FilesystemDriver(StorageDriver):
             while chunk := file.read(CHUNK_SIZE):
                 yield chunk
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes) -> str:
         with self.writer(key) as writer:
             writer.write(data)
-            writer.commit()
+            return writer.commit()
 
     def writer(self, key: str) -> ChunkedWriter:
         return _FileWriter(self, key, self._path(key))
@@ -193,7 +193,7 @@ class _FileWriter(ChunkedWriter):
             self._file.write(data)
         self.size += len(data)
 
-    def commit(self) -> None:
+    def commit(self) -> str:
         self._driver.requests.add("put")
         with _os_errors("write", self._key):
             self._file.flush()
@@ -204,6 +204,7 @@ class _FileWriter(ChunkedWriter):
             self._file.close()
             _publish(self._temp, self._path)
         self.closed = True
+        return f"{self.size}-{now}"
 
     def abort(self) -> None:
         if self.closed:

@@ -241,9 +241,10 @@ class S3Driver(StorageDriver):
             with closing(body):
                 yield from body.iter_chunks(CHUNK_SIZE)
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes) -> str:
         check_key(key)
-        self._call("put_object", key, Key=self.root + key, Body=data, **self.put_args)
+        response = self._call("put_object", key, Key=self.root + key, Body=data, **self.put_args)
+        return response["ETag"].strip('"')
 
     def writer(self, key: str) -> ChunkedWriter:
         return _MultipartWriter(self, check_key(key))
@@ -283,16 +284,17 @@ class _MultipartWriter(ChunkedWriter):
         while len(self._buffer) >= self._driver.chunk_size:
             self._upload_part(self._driver.chunk_size)
 
-    def commit(self) -> None:
+    def commit(self) -> str:
         if self._upload_id is None:
-            self._upload("put_object", Body=bytes(self._buffer), **self._driver.put_args)
+            response = self._upload("put_object", Body=bytes(self._buffer), **self._driver.put_args)
         else:
             if self._buffer:
                 self._upload_part(len(self._buffer))
-            self._upload("complete_multipart_upload", UploadId=self._upload_id,
-                         MultipartUpload={"Parts": self._parts})
+            response = self._upload("complete_multipart_upload", UploadId=self._upload_id,
+                                    MultipartUpload={"Parts": self._parts})
         self._buffer.clear()
         self.closed = True
+        return response["ETag"].strip('"')
 
     def abort(self) -> None:
         if self.closed:

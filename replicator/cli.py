@@ -17,6 +17,7 @@ from replicator import config as config_module
 from replicator import demo
 from replicator.engine import RunOptions, run_policy
 from replicator.report import PassReport, run_document, run_text
+from state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true",
                       help="print what would be copied, written and deleted; write nothing")
     sync.add_argument("--json", action="store_true", help="print one JSON document")
+    sync.add_argument("--audit", action="store_true",
+                      help="re-read every link and re-check every tag's content at the "
+                           "destinations, trusting no cached state (repairs drift)")
 
     demo_parser = commands.add_parser(
         "demo", help="build a small registry, replicate it to two regions and verify them")
@@ -71,15 +75,19 @@ def _sync(args: argparse.Namespace) -> int:
         raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
     config = config_module.load(args.config)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
-    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run)
+    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit)
     started = time.monotonic()
     reports: list[PassReport] = []
     errors: list[str] = []
-    for policy in policies:
-        try:
-            reports.extend(run_policy(config, policy, options))
-        except StorageError as error:
-            errors.append(f"policy {policy.name}: {error}")
+    state = StateStore(config.state_path)
+    try:
+        for policy in policies:
+            try:
+                reports.extend(run_policy(config, policy, state, options))
+            except StorageError as error:
+                errors.append(f"policy {policy.name}: {error}")
+    finally:
+        state.close()
     duration = time.monotonic() - started
     requests = {name: region.storage.requests.snapshot() for name, region in config.regions.items()}
     if args.json:

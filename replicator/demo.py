@@ -20,6 +20,7 @@ from replicator.manifests import parse_manifest
 from replicator.planner import plan_tag
 from replicator.report import run_text
 from replicator.verify import verify
+from state.store import StateStore
 
 SOURCE, DESTINATIONS = "primary", ("eu-west", "ap-south")
 
@@ -67,9 +68,11 @@ def run(workdir: Path) -> int:
           f"{len(images)} tags in {len({name for name, _ in images})} repositories.")
 
     policy = config.policies[0]
-    first = run_policy(config, policy, RunOptions())
+    state = StateStore(config.state_path)
+    first = run_policy(config, policy, state, RunOptions())
     print("First pass:\n" + run_text(first, 0, False).rsplit("\n", 1)[0])
-    second = run_policy(config, policy, RunOptions())
+    second = run_policy(config, policy, state, RunOptions())
+    state.close()
     copied_again = sum(r.blobs_copied + r.manifests_copied for r in second)
     print(f"Second pass: {copied_again} objects copied (nothing changed at the source).")
 

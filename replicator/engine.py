@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from replicator.inventory import Inventory
 from replicator.manifests import Descriptor, Manifest, ManifestError, parse_manifest
 from replicator.planner import TagPlan, plan_tag
 from replicator.report import PassReport
+from state.store import PassRecord, StateStore, TagLink
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +52,65 @@ def policy_selects(policy: Policy, name: str, tag: str) -> bool:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """``audit`` re-reads every link and re-plans every tag, trusting no cached state;
+    ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time
+    (``None``: retry every failing tag now)."""
+
     concurrency: int = 8
     dry_run: bool = False
+    audit: bool = False
+    backoff: tuple[float, float] | None = None
+
+
+class TagLinks:
+    """A region's tag links, read only when the listing's etag differs from the recorded one."""
+
+    def __init__(self, region: str, storage: StorageDriver, inventory: Inventory,
+                 state: StateStore, audit: bool):
+        self.region = region
+        self.storage = storage
+        self.inventory = inventory
+        self.state = state
+        self.known = {} if audit else state.tag_links(region)
+
+    def digest(self, name: str, tag: str) -> str | None:
+        """The tag's digest in this region, ``None`` if it has no tag link.
+
+        Raises ``StorageError`` or ``LayoutError`` (junk link) when the link must be read.
+        """
+        info = self.inventory.tags.get((name, tag))
+        if info is None:
+            return None
+        known = self.known.get((name, tag))
+        if known is not None and known.etag == info.etag:
+            return known.digest
+        digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
+        self.record(name, tag, info.etag, digest)
+        return digest
+
+    def record(self, name: str, tag: str, etag: str, digest: str) -> None:
+        self.known[(name, tag)] = TagLink(etag, digest)
+        self.state.record_tag_link(self.region, name, tag, etag, digest)
+
+    def forget(self, name: str, tag: str) -> None:
+        self.known.pop((name, tag), None)
+        self.state.forget_tag_link(self.region, name, tag)
 
 
 class SourceReader:
     """Reads a source region's tag links and manifests, each at most once per pass."""
 
-    def __init__(self, storage: StorageDriver):
+    def __init__(self, storage: StorageDriver, links: TagLinks):
         self.storage = storage
+        self.links = links
         self._lock = threading.Lock()
-        self._tags: dict[tuple[str, str], str] = {}
         self._manifests: dict[str, Manifest] = {}
 
     def tag_digest(self, name: str, tag: str) -> str:
-        key = (name, tag)
-        if key not in self._tags:
-            digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
-            with self._lock:
-                self._tags[key] = digest
-        return self._tags[key]
+        digest = self.links.digest(name, tag)
+        if digest is None:
+            raise ReplicationError("the tag is not in the source listing")
+        return digest
 
     def manifest_tree(self, digest: str) -> dict[str, Manifest]:
         """The manifest at ``digest`` and every manifest below it. Raises ``TAG_ERRORS``."""
@@ -160,20 +201,27 @@ class DestinationPass:
     """One policy's pass into one destination region."""
 
     def __init__(self, policy: Policy, source: SourceReader, source_tags: list[tuple[str, str]],
-                 destination_name: str, destination: StorageDriver, options: RunOptions):
+                 destination_name: str, destination: StorageDriver, state: StateStore,
+                 options: RunOptions):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
+        self.destination_name = destination_name
         self.destination = destination
+        self.state = state
         self.options = options
         self.report = PassReport(policy.name, policy.source, destination_name)
         self.inventory = Inventory()
+        self._blobs_listed = False
         self._reused: set[str] = set()
         self._lock = threading.Lock()
 
     def run(self) -> PassReport:
+        started = time.time()
         self.inventory.add(self.destination.list(layout.REPOSITORIES_PREFIX))
-        self.inventory.add(self.destination.list(layout.BLOBS_PREFIX))
+        self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
+                              self.options.audit)
+        self.failing = self.state.failures(self.policy.name, self.destination_name)
         workers = self.options.concurrency
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
@@ -183,31 +231,59 @@ class DestinationPass:
                 future.result()
         if self.policy.delete:
             self._delete_removed_tags()
+        if not self.options.dry_run:
+            self.state.record_pass(PassRecord(
+                self.policy.name, self.policy.source, self.destination_name, started, time.time(),
+                self.report.tags_failed == 0, self.report.counts()))
+        self.state.flush()
         return self.report
 
     def _replicate_tag(self, name: str, tag: str) -> None:
+        digest = ""
         try:
             digest = self.source.tag_digest(name, tag)
-            if digest == self._destination_digest(name, tag):
+            if self._deferred(name, tag, digest):
+                return
+            current = self._destination_digest(name, tag)
+            if digest == current and not self.options.audit:
                 self.report.count("tags_unchanged")
                 return
+            self._ensure_blobs_listed()
             plan = plan_tag(name, tag, digest, self.source.manifest_tree(digest),
-                            self.inventory.blobs, self.inventory.links)
+                            self.inventory.blobs, self.inventory.links, current)
             self._count_reused(plan.reused)
             self._apply(plan)
         except TAG_ERRORS as error:
             log.warning("%s:%s failed: %s", name, tag, error)
             self.report.fail(name, tag, str(error))
-        else:
-            self.report.count("tags_replicated")
+            if not self.options.dry_run:
+                self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,
+                                          str(error), self.options.backoff or RETRY_BACKOFF)
+            return
+        self.report.count("tags_unchanged" if plan.empty else "tags_replicated")
+        if (name, tag) in self.failing and not self.options.dry_run:
+            self.state.clear_failure(self.policy.name, self.destination_name, name, tag)
+
+    def _deferred(self, name: str, tag: str, digest: str) -> bool:
+        failure = self.failing.get((name, tag))
+        if (self.options.backoff is None or failure is None or failure.digest != digest
+                or failure.next_retry <= time.time()):
+            return False
+        self.report.fail(name, tag, f"retry deferred until {_timestamp(failure.next_retry)} after "
+                                    f"{failure.attempts} attempts; last error: {failure.error}")
+        return True
 
     def _destination_digest(self, name: str, tag: str) -> str | None:
-        if (name, tag) not in self.inventory.tags:
-            return None
         try:
-            return layout.parse_link(self.destination.read(layout.tag_current_key(name, tag)))
-        except (NotFound, layout.LayoutError):
+            return self.links.digest(name, tag)
+        except layout.LayoutError:
             return None
+
+    def _ensure_blobs_listed(self) -> None:
+        with self._lock:
+            if not self._blobs_listed:
+                self.inventory.add(self.destination.list(layout.BLOBS_PREFIX))
+                self._blobs_listed = True
 
     def _count_reused(self, digests: Iterable[str]) -> None:
         with self._lock:
@@ -216,6 +292,7 @@ class DestinationPass:
         self.report.count("blobs_present", len(fresh))
 
     def _apply(self, plan: TagPlan) -> None:
+        current_key = layout.tag_current_key(plan.name, plan.tag)
         copies = [self.copier.ensure_blob(blob) for blob in plan.blobs]
         copies += [self.copier.ensure_manifest(manifest) for manifest in plan.manifests]
         for copy in copies:
@@ -225,9 +302,13 @@ class DestinationPass:
                 continue
             if self.options.dry_run:
                 self.report.plan(f"write {key} -> {digest}")
+                self.inventory.links.add(key)
+                continue
+            etag = self.destination.write(key, layout.link_bytes(digest))
+            if key == current_key:
+                self.links.record(plan.name, plan.tag, etag, digest)
             else:
-                self.destination.write(key, layout.link_bytes(digest))
-            self.inventory.links.add(key)
+                self.inventory.links.add(key)
 
     def _delete_removed_tags(self) -> None:
         source_tags = set(self.source_tags)
@@ -244,18 +325,30 @@ class DestinationPass:
             except StorageError as error:
                 self.report.fail(name, tag, f"delete failed: {error}")
             else:
+                self.links.forget(name, tag)
                 self.report.count("tags_deleted")
 
 
-def run_policy(config: Config, policy: Policy, options: RunOptions) -> list[PassReport]:
+RETRY_BACKOFF = (60.0, 3600.0)
+"""Default (initial, maximum) seconds between attempts at a failing tag."""
+
+
+def _timestamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def run_policy(config: Config, policy: Policy, state: StateStore,
+               options: RunOptions) -> list[PassReport]:
     """Run one pass of ``policy`` into each of its destinations, one after the other.
 
     Raises ``StorageError`` only when a region cannot be listed at all; per-tag problems
-    are in the reports.
+    are in the reports (and the state store).
     """
     source_storage = config.regions[policy.source].storage
     source_inventory = Inventory().add(source_storage.list(layout.REPOSITORIES_PREFIX))
     tags = sorted(key for key in source_inventory.tags if policy_selects(policy, *key))
-    source = SourceReader(source_storage)
-    return [DestinationPass(policy, source, tags, name, config.regions[name].storage, options).run()
+    links = TagLinks(policy.source, source_storage, source_inventory, state, options.audit)
+    source = SourceReader(source_storage, links)
+    return [DestinationPass(policy, source, tags, name, config.regions[name].storage, state,
+                            options).run()
             for name in policy.destinations]

@@ -24,9 +24,13 @@ class TagPlan:
     blobs: tuple[Descriptor, ...]
     manifests: tuple[Manifest, ...]
     links: tuple[tuple[str, str], ...]
-    """(key, digest) pairs in write order; the last is always the tag's current link."""
+    """(key, digest) pairs in write order; the tag's current link, when needed, is last."""
     reused: frozenset[str]
     """Digests of referenced blobs and manifests the destination already holds."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.blobs or self.manifests or self.links)
 
 
 def is_foreign(descriptor: Descriptor) -> bool:
@@ -35,12 +39,15 @@ def is_foreign(descriptor: Descriptor) -> bool:
 
 
 def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest],
-             present_blobs: Container[str], present_links: Container[str]) -> TagPlan:
+             present_blobs: Container[str], present_links: Container[str],
+             current: str | None = None) -> TagPlan:
     """Plan the copy of ``name:tag`` at ``digest`` into a destination.
 
     ``manifests`` holds the tag's manifest and every manifest below it, by digest (a missing
     one raises ``KeyError``). ``present_blobs`` are digests and ``present_links`` keys the
-    destination already has; they are neither copied nor written again.
+    destination already has; they are neither copied nor written again. ``current`` is the
+    digest the destination's tag points at now: if it is ``digest``, the plan only repairs
+    what is missing below the tag.
     """
     blobs: dict[str, Descriptor] = {}
     needed_manifests: dict[str, Manifest] = {}
@@ -71,6 +78,7 @@ def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest]
 
     visit(digest)
     need_link(layout.tag_index_key(name, tag, digest), digest)
-    links.append((layout.tag_current_key(name, tag), digest))
+    if current != digest:
+        links.append((layout.tag_current_key(name, tag), digest))
     return TagPlan(name, tag, digest, tuple(blobs.values()), tuple(needed_manifests.values()),
                    tuple(links), frozenset(reused))

@@ -50,9 +50,13 @@ class PassReport:
         with self._lock:
             self.planned.append(action)
 
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {counter: getattr(self, counter) for counter in COUNTERS}
+
     def as_dict(self, dry_run: bool) -> dict:
         result = {"policy": self.policy, "source": self.source, "destination": self.destination}
-        result.update((counter, getattr(self, counter)) for counter in COUNTERS)
+        result.update(self.counts())
         result["failures"] = [asdict(failure) for failure in
                               sorted(self.failures, key=lambda f: (f.repository, f.tag))]
         if dry_run:

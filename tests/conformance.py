@@ -125,6 +125,15 @@ class DriverConformance:
         assert before.etag != after.etag
         assert [info.etag for page in driver.list() for info in page] == [after.etag]
 
+    def test_write_and_commit_return_the_etag_listings_show(self, driver):
+        written = driver.write("small", LINK.encode())
+        with driver.writer("streamed") as writer:
+            writer.write(os.urandom(6 * MIB))
+            committed = writer.commit()
+        assert {info.key: info.etag for page in driver.list() for info in page} == \
+            {"small": written, "streamed": committed}
+        assert driver.stat("small").etag == written
+
     def test_write_read_round_trip(self, driver):
         data = bytes(range(256)) * 40
         driver.write("blobs/data", data)

@@ -12,6 +12,7 @@ from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
 from replicator.manifests import digest_of
 from replicator.verify import verify
+from state.store import StateStore
 
 BASE = sample_images.layer({"base": b"shared base layer" * 100})
 WEB = sample_images.image([BASE, sample_images.layer({"web": b"web"})])
@@ -30,7 +31,11 @@ def make_config(tmp_path, **policy):
 
 
 def sync(config, **options):
-    [report] = run_policy(config, config.policies[0], RunOptions(**options))
+    state = StateStore(config.state_path)
+    try:
+        [report] = run_policy(config, config.policies[0], state, RunOptions(**options))
+    finally:
+        state.close()
     return report
 
 

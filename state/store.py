@@ -1,0 +1,183 @@
+"""The local state store: a cache and a journal in SQLite, never the source of truth.
+
+Deleting the database costs one full re-scan, nothing else. It holds:
+
+- ``tag_links``: for each region, the etag of each tag's ``current/link`` when it was last
+  read or written, and the digest it held then, so a pass reads a link only when its listing
+  entry changed;
+- ``passes``: every pass with its start, end, outcome and counts;
+- ``failures``: every failing tag with attempts, last error and the time of the next retry.
+
+All SQL of the project lives in this package. The database runs in WAL mode so that
+``replicator status`` can read while ``serve`` writes. Methods are thread-safe; they raise
+``sqlite3.Error`` only if the database file itself is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("replicator")
+
+
+@migrations(name="0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    db["tag_links"].create({"region": str, "repository": str, "tag": str, "etag": str, "digest": str},
+                           pk=("region", "repository", "tag"))
+    db["passes"].create({"id": int, "policy": str, "source": str, "destination": str,
+                         "started": float, "finished": float, "ok": int, "counts": str}, pk="id")
+    db["passes"].create_index(["policy", "destination", "finished"])
+    db["failures"].create({"policy": str, "destination": str, "repository": str, "tag": str,
+                           "digest": str, "attempts": int, "error": str, "first_failed": float,
+                           "last_failed": float, "next_retry": float},
+                          pk=("policy", "destination", "repository", "tag"))
+
+
+@dataclass(frozen=True)
+class TagLink:
+    etag: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    policy: str
+    destination: str
+    repository: str
+    tag: str
+    digest: str
+    attempts: int
+    error: str
+    first_failed: float
+    last_failed: float
+    next_retry: float
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    policy: str
+    source: str
+    destination: str
+    started: float
+    finished: float
+    ok: bool
+    counts: dict
+
+
+BATCH = 500
+
+
+class StateStore:
+    """The state database at ``path`` (``":memory:"`` for a throwaway one)."""
+
+    def __init__(self, path: str | Path):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self.db = sqlite_utils.Database(connection)
+        self._lock = threading.RLock()
+        self._pending: dict[tuple[str, str, str], TagLink | None] = {}
+        with self._lock:
+            if str(path) != ":memory:":
+                self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            migrations.apply(self.db)
+
+    def close(self) -> None:
+        with self._lock:
+            self.flush()
+            self.db.conn.close()
+
+    def tag_links(self, region: str) -> dict[tuple[str, str], TagLink]:
+        """Every recorded tag link of ``region``, by (repository, tag)."""
+        with self._lock:
+            self.flush()
+            rows = self.db.query("select repository, tag, etag, digest from tag_links where region = ?",
+                                 [region])
+            return {(row["repository"], row["tag"]): TagLink(row["etag"], row["digest"]) for row in rows}
+
+    def record_tag_link(self, region: str, repository: str, tag: str, etag: str, digest: str) -> None:
+        """Remember that ``region``'s link for the tag had ``etag`` and held ``digest``."""
+        self._stage((region, repository, tag), TagLink(etag, digest))
+
+    def forget_tag_link(self, region: str, repository: str, tag: str) -> None:
+        self._stage((region, repository, tag), None)
+
+    def _stage(self, key: tuple[str, str, str], link: TagLink | None) -> None:
+        with self._lock:
+            self._pending[key] = link
+            if len(self._pending) >= BATCH:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write staged tag links (done by every read, at ``BATCH`` and at ``close``)."""
+        with self._lock:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, {}
+            with self.db.conn:
+                upserts = [{"region": region, "repository": repository, "tag": tag,
+                            "etag": link.etag, "digest": link.digest}
+                           for (region, repository, tag), link in pending.items() if link]
+                if upserts:
+                    self.db["tag_links"].upsert_all(upserts, pk=("region", "repository", "tag"))
+                for (region, repository, tag), link in pending.items():
+                    if link is None:
+                        self.db.execute("delete from tag_links where region = ? and repository = ? "
+                                        "and tag = ?", [region, repository, tag])
+
+    def record_pass(self, record: PassRecord) -> None:
+        with self._lock, self.db.conn:
+            self.db["passes"].insert({"policy": record.policy, "source": record.source,
+                                      "destination": record.destination, "started": record.started,
+                                      "finished": record.finished, "ok": int(record.ok),
+                                      "counts": json.dumps(record.counts)})
+
+    def last_pass(self, policy: str, destination: str, *, ok_only: bool = False) -> PassRecord | None:
+        where = "policy = ? and destination = ?" + (" and ok = 1" if ok_only else "")
+        with self._lock:
+            rows = list(self.db.query(f"select * from passes where {where} order by finished desc limit 1",
+                                      [policy, destination]))
+        if not rows:
+            return None
+        row = rows[0]
+        return PassRecord(row["policy"], row["source"], row["destination"], row["started"],
+                          row["finished"], bool(row["ok"]), json.loads(row["counts"]))
+
+    def record_failure(self, policy: str, destination: str, repository: str, tag: str,
+                       digest: str, error: str, backoff: tuple[float, float],
+                       now: float | None = None) -> FailureRecord:
+        """Count one more failed attempt; the next retry waits ``initial * 2**(attempts-1)``
+        seconds, at most ``maximum`` (``backoff = (initial, maximum)``)."""
+        now = time.time() if now is None else now
+        initial, maximum = backoff
+        with self._lock, self.db.conn:
+            key = (policy, destination, repository, tag)
+            previous = list(self.db.query(
+                "select attempts, first_failed from failures where policy = ? and destination = ? "
+                "and repository = ? and tag = ?", list(key)))
+            attempts = previous[0]["attempts"] + 1 if previous else 1
+            first = previous[0]["first_failed"] if previous else now
+            record = FailureRecord(policy, destination, repository, tag, digest, attempts, error,
+                                   first, now, now + min(maximum, initial * 2 ** (attempts - 1)))
+            self.db["failures"].upsert(record.__dict__, pk=("policy", "destination", "repository", "tag"))
+        return record
+
+    def clear_failure(self, policy: str, destination: str, repository: str, tag: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from failures where policy = ? and destination = ? and "
+                            "repository = ? and tag = ?", [policy, destination, repository, tag])
+
+    def failures(self, policy: str, destination: str) -> dict[tuple[str, str], FailureRecord]:
+        with self._lock:
+            rows = self.db.query("select * from failures where policy = ? and destination = ?",
+                                 [policy, destination])
+            return {(row["repository"], row["tag"]): FailureRecord(**row) for row in rows}
