@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -19,6 +19,11 @@ from drivers.base import StorageDriver
 from drivers.errors import ConfigError
 
 DEFAULT_CONCURRENCY = 8
+DEFAULT_INTERVAL = 300.0
+DEFAULT_AUDIT_INTERVAL = 86400.0
+DEFAULT_LISTEN = "0.0.0.0:9100"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
+_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -29,6 +34,14 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """Run every ``interval`` seconds, or on a five-field ``cron`` expression (UTC)."""
+
+    interval: float | None = DEFAULT_INTERVAL
+    cron: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     source: str
@@ -36,6 +49,14 @@ class Policy:
     repositories: Filter
     tags: Filter
     delete: bool
+    schedule: Schedule = Schedule()
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    webhook_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,8 @@ class Config:
     regions: dict[str, Region]
     policies: tuple[Policy, ...]
     concurrency: int
+    server: Server
+    audit_interval: float
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -91,13 +114,55 @@ def expand(value: object, field: str) -> object:
 
 def parse(document: object, base: Path = Path(".")) -> Config:
     """Validate an expanded document. Relative state paths are taken from ``base``."""
-    root = _mapping(document, "", {"state", "regions", "policies", "concurrency"})
+    root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
+                                   "audit_interval"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
+    audit_interval = duration(root.get("audit_interval", DEFAULT_AUDIT_INTERVAL), "audit_interval")
     regions = _regions(root.get("regions"))
     policies = _policies(root.get("policies"), regions)
-    return Config(base / state_path, regions, policies, concurrency)
+    return Config(base / state_path, regions, policies, concurrency,
+                  _server(root.get("server", {})), audit_interval)
+
+
+def duration(value: object, field: str) -> float:
+    """Seconds from a number or a string like ``90s``, ``5m``, ``1h``, ``1d``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(field, "must be a positive duration such as 30s, 5m, 1h or 1d")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _server(value: object) -> Server:
+    block = _mapping(value, "server", {"listen", "webhook_token"})
+    listen = _string(block.get("listen", DEFAULT_LISTEN), "server.listen")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("server.listen", "must be HOST:PORT, for example 0.0.0.0:9100")
+    token = block.get("webhook_token")
+    if token is not None:
+        token = _string(token, "server.webhook_token")
+    return Server(host.strip("[]"), int(port), token)
+
+
+def _schedule(value: object, field: str) -> Schedule:
+    if value is None:
+        return Schedule()
+    block = _mapping(value, field, {"interval", "cron"})
+    if len(block) != 1:
+        raise ConfigError(field, "needs exactly one of interval or cron")
+    if "interval" in block:
+        return Schedule(interval=duration(block["interval"], f"{field}.interval"))
+    expression = _string(block["cron"], f"{field}.cron")
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as error:
+        raise ConfigError(f"{field}.cron", f"invalid cron expression ({error})") from None
+    return Schedule(interval=None, cron=expression)
 
 
 def _regions(value: object) -> dict[str, Region]:
@@ -124,7 +189,7 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
     for index, item in enumerate(value):
         field = f"policies[{index}]"
         block = _mapping(item, field, {"name", "source", "destinations", "repositories", "tags",
-                                       "delete"})
+                                       "delete", "schedule"})
         name = _string(block.get("name"), f"{field}.name")
         if any(policy.name == name for policy in policies):
             raise ConfigError(f"{field}.name", f"duplicate policy name {name!r}")
@@ -143,7 +208,8 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
             raise ConfigError(f"{field}.delete", "must be true or false")
         policies.append(Policy(name, source, destinations,
                                _filter(block.get("repositories"), f"{field}.repositories"),
-                               _filter(block.get("tags"), f"{field}.tags"), delete))
+                               _filter(block.get("tags"), f"{field}.tags"), delete,
+                               _schedule(block.get("schedule"), f"{field}.schedule")))
     return tuple(policies)
 
 

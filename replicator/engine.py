@@ -1,44 +1,53 @@
 """One replication pass: for each policy and destination, copy what the destination lacks.
 
-Per destination the pass lists the source's and destination's repositories and the
-destination's blobs, then for every selected source tag whose digest differs at the
+Per destination the pass lists the source's and destination's repositories (one repository
+for a targeted pass), then for every selected source tag whose digest differs at the
 destination: reads its manifests from the source, plans (``planner.plan_tag``), copies
 missing blobs and manifests (each digest once per destination per pass, hashed while it
-streams), and writes links bottom-up with the tag's ``current/link`` last.
+streams), and writes links bottom-up with the tag's ``current/link`` last. Tag links are read
+only when their listing entry changed since the state store last saw them.
 
-A tag fails alone: a ``ReplicationError`` (or storage, manifest or layout error) is recorded
-in the pass report and the pass goes on.
+A tag fails alone: its error is recorded in the pass report and the state store, and the
+pass goes on. At the end, the tags still out of sync become the destination's pending set.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from drivers.base import StorageDriver
+from drivers.base import ObjectInfo, StorageDriver
 from drivers.errors import NotFound, StorageError
 from replicator import layout
 from replicator.config import Config, Filter, Policy
+from replicator.copier import BlobCopier, ReplicationError
 from replicator.inventory import Inventory
-from replicator.manifests import Descriptor, Manifest, ManifestError, parse_manifest
+from replicator.links import TagLinks
+from replicator.manifests import Manifest, ManifestError, parse_manifest
 from replicator.planner import TagPlan, plan_tag
 from replicator.report import PassReport
-from state.store import PassRecord, StateStore, TagLink
+from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-
-class ReplicationError(Exception):
-    """Content at the source cannot be replicated as it is (missing or corrupt)."""
-
-
 TAG_ERRORS = (ReplicationError, StorageError, ManifestError, layout.LayoutError)
+
+RETRY_BACKOFF = (60.0, 3600.0)
+"""Default (initial, maximum) seconds between attempts at a failing tag."""
+
+
+def error_kind(error: Exception) -> str:
+    """A short, stable name for what went wrong, for metrics: ``source_content``,
+    ``manifest``, ``layout``, ``storage_transient``, ``storage_access``, ``storage``."""
+    if isinstance(error, StorageError):
+        return {"TransientError": "storage_transient", "AccessDenied": "storage_access"}.get(
+            type(error).__name__, "storage")
+    return {ReplicationError: "source_content", ManifestError: "manifest"}.get(type(error), "layout")
 
 
 def selected(policy_filter: Filter, value: str) -> bool:
@@ -52,49 +61,19 @@ def policy_selects(policy: Policy, name: str, tag: str) -> bool:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """``audit`` re-reads every link and re-plans every tag, trusting no cached state;
-    ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time
-    (``None``: retry every failing tag now)."""
+    """How a pass runs.
+
+    ``audit`` re-reads every link and re-plans every tag, trusting no cached state.
+    ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time;
+    ``None`` retries every failing tag now. ``stop``, once set, makes the pass start no
+    further tag (tags under way finish).
+    """
 
     concurrency: int = 8
     dry_run: bool = False
     audit: bool = False
     backoff: tuple[float, float] | None = None
-
-
-class TagLinks:
-    """A region's tag links, read only when the listing's etag differs from the recorded one."""
-
-    def __init__(self, region: str, storage: StorageDriver, inventory: Inventory,
-                 state: StateStore, audit: bool):
-        self.region = region
-        self.storage = storage
-        self.inventory = inventory
-        self.state = state
-        self.known = {} if audit else state.tag_links(region)
-
-    def digest(self, name: str, tag: str) -> str | None:
-        """The tag's digest in this region, ``None`` if it has no tag link.
-
-        Raises ``StorageError`` or ``LayoutError`` (junk link) when the link must be read.
-        """
-        info = self.inventory.tags.get((name, tag))
-        if info is None:
-            return None
-        known = self.known.get((name, tag))
-        if known is not None and known.etag == info.etag:
-            return known.digest
-        digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
-        self.record(name, tag, info.etag, digest)
-        return digest
-
-    def record(self, name: str, tag: str, etag: str, digest: str) -> None:
-        self.known[(name, tag)] = TagLink(etag, digest)
-        self.state.record_tag_link(self.region, name, tag, etag, digest)
-
-    def forget(self, name: str, tag: str) -> None:
-        self.known.pop((name, tag), None)
-        self.state.forget_tag_link(self.region, name, tag)
+    stop: threading.Event | None = None
 
 
 class SourceReader:
@@ -135,74 +114,13 @@ class SourceReader:
         return self._manifests[digest]
 
 
-class BlobCopier:
-    """Copies blobs and manifests into one destination, each digest at most once.
-
-    ``ensure`` returns a future shared by every tag that needs the same digest; it fails with
-    ``ReplicationError`` when the source bytes are missing or do not match the digest, in
-    which case nothing was made visible at the destination.
-    """
-
-    def __init__(self, source: StorageDriver, destination: StorageDriver,
-                 pool: ThreadPoolExecutor, report: PassReport, dry_run: bool):
-        self.source = source
-        self.destination = destination
-        self.pool = pool
-        self.report = report
-        self.dry_run = dry_run
-        self._lock = threading.Lock()
-        self._futures: dict[str, Future] = {}
-
-    def ensure_blob(self, blob: Descriptor) -> Future:
-        return self._ensure(blob.digest, self._copy_blob, blob)
-
-    def ensure_manifest(self, manifest: Manifest) -> Future:
-        return self._ensure(manifest.digest, self._write_manifest, manifest)
-
-    def _ensure(self, digest: str, copy, item) -> Future:
-        with self._lock:
-            if digest not in self._futures:
-                if self.dry_run:
-                    self._futures[digest] = Future()
-                    self._futures[digest].set_result(None)
-                    self.report.plan(f"copy {digest}")
-                else:
-                    self._futures[digest] = self.pool.submit(copy, item)
-            return self._futures[digest]
-
-    def _copy_blob(self, blob: Descriptor) -> None:
-        key = layout.blob_key(blob.digest)
-        hasher = hashlib.sha256()
-        with self.destination.writer(key) as writer:
-            try:
-                for chunk in self.source.open(key):
-                    hasher.update(chunk)
-                    writer.write(chunk)
-            except NotFound:
-                raise ReplicationError(f"blob {blob.digest} is missing at the source") from None
-            actual = "sha256:" + hasher.hexdigest()
-            if actual != blob.digest:
-                raise ReplicationError(f"blob {blob.digest} is corrupt at the source: "
-                                       f"its bytes hash to {actual}")
-            if 0 <= blob.size != writer.size:
-                raise ReplicationError(f"blob {blob.digest} is {writer.size} bytes at the source, "
-                                       f"the manifest says {blob.size}")
-            writer.commit()
-        self.report.count("blobs_copied")
-        self.report.count("bytes_copied", writer.size)
-
-    def _write_manifest(self, manifest: Manifest) -> None:
-        self.destination.write(layout.blob_key(manifest.digest), manifest.data)
-        self.report.count("manifests_copied")
-        self.report.count("bytes_copied", len(manifest.data))
-
-
 class DestinationPass:
-    """One policy's pass into one destination region."""
+    """One policy's pass into one destination region (or one repository of it)."""
 
-    def __init__(self, policy: Policy, source: SourceReader, source_tags: list[tuple[str, str]],
-                 destination_name: str, destination: StorageDriver, state: StateStore,
-                 options: RunOptions):
+    def __init__(self, policy: Policy, source: SourceReader,
+                 source_tags: dict[tuple[str, str], ObjectInfo], destination_name: str,
+                 destination: StorageDriver, state: StateStore, options: RunOptions,
+                 repository: str | None):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
@@ -210,15 +128,18 @@ class DestinationPass:
         self.destination = destination
         self.state = state
         self.options = options
+        self.repository = repository
         self.report = PassReport(policy.name, policy.source, destination_name)
         self.inventory = Inventory()
+        self.in_sync: set[tuple[str, str]] = set()
         self._blobs_listed = False
+        self._probed: set[str] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
 
     def run(self) -> PassReport:
         started = time.time()
-        self.inventory.add(self.destination.list(layout.REPOSITORIES_PREFIX))
+        self.inventory.add(self.destination.list(_listing_prefix(self.repository)), self.repository)
         self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
                               self.options.audit)
         self.failing = self.state.failures(self.policy.name, self.destination_name)
@@ -232,13 +153,21 @@ class DestinationPass:
         if self.policy.delete:
             self._delete_removed_tags()
         if not self.options.dry_run:
-            self.state.record_pass(PassRecord(
-                self.policy.name, self.policy.source, self.destination_name, started, time.time(),
-                self.report.tags_failed == 0, self.report.counts()))
-        self.state.flush()
+            self._record(started)
         return self.report
 
+    def _record(self, started: float) -> None:
+        pending = {key: info.mtime for key, info in self.source_tags.items() if key not in self.in_sync}
+        self.state.replace_pending(self.policy.name, self.destination_name, pending, self.repository)
+        if self.repository is None:
+            self.state.record_pass(PassRecord(
+                self.policy.name, self.policy.source, self.destination_name, started, time.time(),
+                self.report.tags_failed == 0 and not pending, self.report.counts()))
+        self.state.flush()
+
     def _replicate_tag(self, name: str, tag: str) -> None:
+        if self.options.stop is not None and self.options.stop.is_set():
+            return
         digest = ""
         try:
             digest = self.source.tag_digest(name, tag)
@@ -246,23 +175,31 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             if digest == current and not self.options.audit:
-                self.report.count("tags_unchanged")
+                self._done(name, tag, changed=False)
                 return
-            self._ensure_blobs_listed()
-            plan = plan_tag(name, tag, digest, self.source.manifest_tree(digest),
-                            self.inventory.blobs, self.inventory.links, current)
+            tree = self.source.manifest_tree(digest)
+            plan = plan_tag(name, tag, digest, tree, self._present_blobs(tree),
+                            self.inventory.links, current)
             self._count_reused(plan.reused)
             self._apply(plan)
         except TAG_ERRORS as error:
-            log.warning("%s:%s failed: %s", name, tag, error)
-            self.report.fail(name, tag, str(error))
-            if not self.options.dry_run:
-                self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,
-                                          str(error), self.options.backoff or RETRY_BACKOFF)
-            return
-        self.report.count("tags_unchanged" if plan.empty else "tags_replicated")
+            self._failed(name, tag, digest, error)
+        else:
+            self._done(name, tag, changed=not plan.empty)
+
+    def _done(self, name: str, tag: str, changed: bool) -> None:
+        self.report.count("tags_replicated" if changed else "tags_unchanged")
+        with self._lock:
+            self.in_sync.add((name, tag))
         if (name, tag) in self.failing and not self.options.dry_run:
             self.state.clear_failure(self.policy.name, self.destination_name, name, tag)
+
+    def _failed(self, name: str, tag: str, digest: str, error: Exception) -> None:
+        log.warning("%s:%s -> %s failed: %s", name, tag, self.destination_name, error)
+        self.report.fail(name, tag, str(error), error_kind(error))
+        if not self.options.dry_run:
+            self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,
+                                      str(error), self.options.backoff or RETRY_BACKOFF)
 
     def _deferred(self, name: str, tag: str, digest: str) -> bool:
         failure = self.failing.get((name, tag))
@@ -270,7 +207,8 @@ class DestinationPass:
                 or failure.next_retry <= time.time()):
             return False
         self.report.fail(name, tag, f"retry deferred until {_timestamp(failure.next_retry)} after "
-                                    f"{failure.attempts} attempts; last error: {failure.error}")
+                                    f"{failure.attempts} attempts; last error: {failure.error}",
+                         "deferred")
         return True
 
     def _destination_digest(self, name: str, tag: str) -> str | None:
@@ -279,11 +217,24 @@ class DestinationPass:
         except layout.LayoutError:
             return None
 
-    def _ensure_blobs_listed(self) -> None:
-        with self._lock:
-            if not self._blobs_listed:
-                self.inventory.add(self.destination.list(layout.BLOBS_PREFIX))
-                self._blobs_listed = True
+    def _present_blobs(self, tree: dict[str, Manifest]) -> dict[str, int]:
+        """Blobs the destination holds: from one listing of all blobs in a full pass, from a
+        probe of each blob the tag references in a targeted one."""
+        if self.repository is None:
+            with self._lock:
+                if not self._blobs_listed:
+                    self.inventory.add(self.destination.list(layout.BLOBS_PREFIX))
+                    self._blobs_listed = True
+            return self.inventory.blobs
+        for digest in {d for m in tree.values() for d in (m.digest, *(b.digest for b in m.blobs))}:
+            if digest in self.inventory.blobs or digest in self._probed:
+                continue
+            self._probed.add(digest)
+            try:
+                self.inventory.blobs[digest] = self.destination.stat(layout.blob_key(digest)).size
+            except NotFound:
+                pass
+        return self.inventory.blobs
 
     def _count_reused(self, digests: Iterable[str]) -> None:
         with self._lock:
@@ -311,9 +262,8 @@ class DestinationPass:
                 self.inventory.links.add(key)
 
     def _delete_removed_tags(self) -> None:
-        source_tags = set(self.source_tags)
         for name, tag in sorted(self.inventory.tags):
-            if (name, tag) in source_tags or not policy_selects(self.policy, name, tag):
+            if (name, tag) in self.source_tags or not policy_selects(self.policy, name, tag):
                 continue
             keys = [layout.tag_current_key(name, tag), *self.inventory.tag_index_keys.get((name, tag), [])]
             try:
@@ -323,32 +273,34 @@ class DestinationPass:
                     else:
                         self.destination.delete(key)
             except StorageError as error:
-                self.report.fail(name, tag, f"delete failed: {error}")
+                self._failed(name, tag, "", error)
             else:
-                self.links.forget(name, tag)
+                if not self.options.dry_run:
+                    self.links.forget(name, tag)
                 self.report.count("tags_deleted")
 
 
-RETRY_BACKOFF = (60.0, 3600.0)
-"""Default (initial, maximum) seconds between attempts at a failing tag."""
+def _listing_prefix(repository: str | None) -> str:
+    return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
 
 
 def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def run_policy(config: Config, policy: Policy, state: StateStore,
-               options: RunOptions) -> list[PassReport]:
-    """Run one pass of ``policy`` into each of its destinations, one after the other.
+def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOptions,
+               repository: str | None = None) -> list[PassReport]:
+    """Run one pass of ``policy`` into each of its destinations, one after the other;
+    with ``repository``, a targeted pass over that repository only.
 
     Raises ``StorageError`` only when a region cannot be listed at all; per-tag problems
     are in the reports (and the state store).
     """
     source_storage = config.regions[policy.source].storage
-    source_inventory = Inventory().add(source_storage.list(layout.REPOSITORIES_PREFIX))
-    tags = sorted(key for key in source_inventory.tags if policy_selects(policy, *key))
-    links = TagLinks(policy.source, source_storage, source_inventory, state, options.audit)
-    source = SourceReader(source_storage, links)
+    inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
+    tags = {key: inventory.tags[key] for key in sorted(inventory.tags) if policy_selects(policy, *key)}
+    source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
+                                                   options.audit))
     return [DestinationPass(policy, source, tags, name, config.regions[name].storage, state,
-                            options).run()
+                            options, repository).run()
             for name in policy.destinations]

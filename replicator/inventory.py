@@ -23,14 +23,17 @@ class Inventory:
     tag_index_keys: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     blobs: dict[str, int] = field(default_factory=dict)
 
-    def add(self, pages: Iterable[list[ObjectInfo]]) -> Inventory:
+    def add(self, pages: Iterable[list[ObjectInfo]], repository: str | None = None) -> Inventory:
+        """Add listing pages; with ``repository``, only that repository's entries (and blobs)."""
         for page in pages:
             for info in page:
-                self._add(info)
+                self._add(info, repository)
         return self
 
-    def _add(self, info: ObjectInfo) -> None:
+    def _add(self, info: ObjectInfo, repository: str | None) -> None:
         entry = layout.parse_key(info.key)
+        if repository is not None and getattr(entry, "name", repository) != repository:
+            return
         match entry:
             case layout.BlobData(digest):
                 self.blobs[digest] = info.size

@@ -14,6 +14,7 @@ class Failure:
     repository: str
     tag: str
     error: str
+    kind: str
 
 
 @dataclass
@@ -41,10 +42,10 @@ class PassReport:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
 
-    def fail(self, repository: str, tag: str, error: str) -> None:
+    def fail(self, repository: str, tag: str, error: str, kind: str) -> None:
         with self._lock:
             self.tags_failed += 1
-            self.failures.append(Failure(repository, tag, error))
+            self.failures.append(Failure(repository, tag, error, kind))
 
     def plan(self, action: str) -> None:
         with self._lock:

@@ -6,7 +6,10 @@ Deleting the database costs one full re-scan, nothing else. It holds:
   read or written, and the digest it held then, so a pass reads a link only when its listing
   entry changed;
 - ``passes``: every pass with its start, end, outcome and counts;
-- ``failures``: every failing tag with attempts, last error and the time of the next retry.
+- ``failures``: every failing tag with attempts, last error and the time of the next retry;
+- ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
+  to differ between a policy's source and a destination, with the time the change was made at
+  the source: the lag is the age of the oldest.
 
 All SQL of the project lives in this package. The database runs in WAL mode so that
 ``replicator status`` can read while ``serve`` writes. Methods are thread-safe; they raise
@@ -39,6 +42,8 @@ def _initial(db: sqlite_utils.Database) -> None:
                            "digest": str, "attempts": int, "error": str, "first_failed": float,
                            "last_failed": float, "next_retry": float},
                           pk=("policy", "destination", "repository", "tag"))
+    db["pending"].create({"policy": str, "destination": str, "repository": str, "tag": str,
+                          "since": float}, pk=("policy", "destination", "repository", "tag"))
 
 
 @dataclass(frozen=True)
@@ -181,3 +186,30 @@ class StateStore:
             rows = self.db.query("select * from failures where policy = ? and destination = ?",
                                  [policy, destination])
             return {(row["repository"], row["tag"]): FailureRecord(**row) for row in rows}
+
+    def replace_pending(self, policy: str, destination: str, pending: dict[tuple[str, str], float],
+                        repository: str | None = None) -> None:
+        """Make ``pending`` ((repository, tag) -> since) the policy's pending set for the
+        destination: the whole set, or only ``repository``'s part of it."""
+        scope = "policy = ? and destination = ?" + (" and repository = ?" if repository else "")
+        params = [policy, destination] + ([repository] if repository else [])
+        with self._lock, self.db.conn:
+            self.db.execute(f"delete from pending where {scope}", params)
+            self.db["pending"].insert_all(
+                [{"policy": policy, "destination": destination, "repository": name, "tag": tag,
+                  "since": since} for (name, tag), since in pending.items()])
+
+    def add_pending(self, policy: str, destination: str, repository: str, tag: str,
+                    since: float) -> None:
+        """Record a change known at the source (keeping the earliest time if already pending)."""
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "insert into pending (policy, destination, repository, tag, since) values (?, ?, ?, ?, ?) "
+                "on conflict do update set since = min(since, excluded.since)",
+                [policy, destination, repository, tag, since])
+
+    def pending(self, policy: str, destination: str) -> dict[tuple[str, str], float]:
+        with self._lock:
+            rows = self.db.query("select repository, tag, since from pending where policy = ? "
+                                 "and destination = ?", [policy, destination])
+            return {(row["repository"], row["tag"]): row["since"] for row in rows}

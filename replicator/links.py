@@ -1,0 +1,43 @@
+"""A region's tag links, read from storage only when their listing entry changed."""
+
+from __future__ import annotations
+
+from drivers.base import StorageDriver
+from replicator import layout
+from replicator.inventory import Inventory
+from state.store import StateStore, TagLink
+
+
+class TagLinks:
+    """A region's tag links, read only when the listing's etag differs from the recorded one."""
+
+    def __init__(self, region: str, storage: StorageDriver, inventory: Inventory,
+                 state: StateStore, audit: bool):
+        self.region = region
+        self.storage = storage
+        self.inventory = inventory
+        self.state = state
+        self.known = {} if audit else state.tag_links(region)
+
+    def digest(self, name: str, tag: str) -> str | None:
+        """The tag's digest in this region, ``None`` if it has no tag link.
+
+        Raises ``StorageError`` or ``LayoutError`` (junk link) when the link must be read.
+        """
+        info = self.inventory.tags.get((name, tag))
+        if info is None:
+            return None
+        known = self.known.get((name, tag))
+        if known is not None and known.etag == info.etag:
+            return known.digest
+        digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
+        self.record(name, tag, info.etag, digest)
+        return digest
+
+    def record(self, name: str, tag: str, etag: str, digest: str) -> None:
+        self.known[(name, tag)] = TagLink(etag, digest)
+        self.state.record_tag_link(self.region, name, tag, etag, digest)
+
+    def forget(self, name: str, tag: str) -> None:
+        self.known.pop((name, tag), None)
+        self.state.forget_tag_link(self.region, name, tag)
