@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,6 +19,9 @@ from replicator import config as config_module
 from replicator import demo
 from replicator.engine import RunOptions, run_policy
 from replicator.report import PassReport, run_document, run_text
+from replicator.service import Service
+from replicator.status import destination_statuses, status_text
+from replicator.web import WebServer
 from state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -40,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sync = commands.add_parser("sync", help="run one replication pass of every policy (or one)")
-    sync.add_argument("--config", default=os.environ.get("REPLICATOR_CONFIG"),
-                      help="configuration file (default: $REPLICATOR_CONFIG)")
+    _config_argument(sync)
     sync.add_argument("--policy", help="run only the policy with this name")
     sync.add_argument("--dry-run", action="store_true",
                       help="print what would be copied, written and deleted; write nothing")
@@ -50,11 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-read every link and re-check every tag's content at the "
                            "destinations, trusting no cached state (repairs drift)")
 
+    serve = commands.add_parser(
+        "serve", help="run policies on their schedules, take push notifications, serve metrics")
+    _config_argument(serve)
+
+    status = commands.add_parser(
+        "status", help="show lag, pending and failing tags per destination (from the state store)")
+    _config_argument(status)
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+
     demo_parser = commands.add_parser(
         "demo", help="build a small registry, replicate it to two regions and verify them")
     demo_parser.add_argument("--workdir", type=Path, default=Path("demo-work"),
                              help="folder for the demo's regions (default: ./demo-work)")
     return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("REPLICATOR_CONFIG"),
+                        help="configuration file (default: $REPLICATOR_CONFIG)")
+
+
+def _load_config(args: argparse.Namespace) -> config_module.Config:
+    if not args.config:
+        raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
+    return config_module.load(args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,16 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run(args.workdir)
-        return _sync(args)
+        command = {"sync": _sync, "serve": _serve, "status": _status}[args.command]
+        return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def _sync(args: argparse.Namespace) -> int:
-    if not args.config:
-        raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
-    config = config_module.load(args.config)
+    config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
     options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit)
     started = time.monotonic()
@@ -99,3 +122,42 @@ def _sync(args: argparse.Namespace) -> int:
         print(f"replicator: {error}", file=sys.stderr)
     failed = errors or any(report.tags_failed for report in reports)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    state = StateStore(config.state_path)
+    try:
+        statuses = destination_statuses(config, state)
+    finally:
+        state.close()
+    if args.json:
+        print(json.dumps({"destinations": [status.as_dict() for status in statuses]}, indent=2))
+    else:
+        print(status_text(statuses))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    state = StateStore(config.state_path)
+    service = Service(config, state)
+    try:
+        server = WebServer(service, config.server.host, config.server.port)
+    except OSError as error:
+        state.close()
+        raise ConfigError("server.listen", f"cannot listen: {error.strerror}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    service.start()
+    host, port = server.server_address[:2]
+    logging.getLogger("replicator").warning("serving on http://%s:%s", host, port)
+    stop.wait()
+    logging.getLogger("replicator").warning("stopping: finishing tags under way")
+    service.stop()
+    server.shutdown()
+    server.server_close()
+    state.close()
+    return EXIT_OK

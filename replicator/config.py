@@ -22,6 +22,7 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
 DEFAULT_AUDIT_INTERVAL = 86400.0
 DEFAULT_LISTEN = "0.0.0.0:9100"
+DEFAULT_DEBOUNCE = 1.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -54,9 +55,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class Server:
+    """``debounce``: seconds a repository's push events must be quiet before its targeted pass."""
+
     host: str
     port: int
     webhook_token: str | None = field(default=None, repr=False)
+    debounce: float = DEFAULT_DEBOUNCE
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ def duration(value: object, field: str) -> float:
 
 
 def _server(value: object) -> Server:
-    block = _mapping(value, "server", {"listen", "webhook_token"})
+    block = _mapping(value, "server", {"listen", "webhook_token", "debounce"})
     listen = _string(block.get("listen", DEFAULT_LISTEN), "server.listen")
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -145,7 +149,8 @@ def _server(value: object) -> Server:
     token = block.get("webhook_token")
     if token is not None:
         token = _string(token, "server.webhook_token")
-    return Server(host.strip("[]"), int(port), token)
+    debounce = duration(block.get("debounce", DEFAULT_DEBOUNCE), "server.debounce")
+    return Server(host.strip("[]"), int(port), token, debounce)
 
 
 def _schedule(value: object, field: str) -> Schedule:

@@ -162,7 +162,8 @@ class DestinationPass:
         if self.repository is None:
             self.state.record_pass(PassRecord(
                 self.policy.name, self.policy.source, self.destination_name, started, time.time(),
-                self.report.tags_failed == 0 and not pending, self.report.counts()))
+                self.report.tags_failed == 0 and not pending, self.report.counts(),
+                self.options.audit))
         self.state.flush()
 
     def _replicate_tag(self, name: str, tag: str) -> None:

@@ -1,0 +1,93 @@
+"""Prometheus metrics, prefix ``replicator_``.
+
+Counters and the pass-duration histogram are updated after each pass. Lag, pending, failing
+and last-success gauges are read from the state store at scrape time (the same reading as
+``replicator status``), and storage request counts from each region's driver counter.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from replicator.config import Config
+from replicator.report import PassReport
+from replicator.status import destination_statuses
+from state.store import StateStore
+
+disable_created_metrics()
+
+PASS_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+DESTINATION = ("policy", "source", "destination")
+
+
+class Metrics:
+    def __init__(self, config: Config, state: StateStore):
+        self.registry = CollectorRegistry()
+        self.tags_replicated = Counter("replicator_tags_replicated", "Tags created or moved at a destination.",
+                                       DESTINATION, registry=self.registry)
+        self.blobs_copied = Counter("replicator_blobs_copied", "Blobs and manifests copied to a destination.",
+                                    DESTINATION, registry=self.registry)
+        self.bytes_copied = Counter("replicator_bytes_copied", "Bytes copied to a destination.",
+                                    DESTINATION, registry=self.registry)
+        self.errors = Counter("replicator_errors", "Tags that failed in a pass, by kind of error.",
+                              ("destination", "kind"), registry=self.registry)
+        self.events = Counter("replicator_events_received", "Registry notification events received.",
+                              ("region", "action"), registry=self.registry)
+        self.pass_duration = Histogram("replicator_pass_duration_seconds",
+                                       "Duration of full passes, per destination.", DESTINATION,
+                                       buckets=PASS_BUCKETS, registry=self.registry)
+        self.registry.register(_StateCollector(config, state))
+        self.registry.register(_RequestCollector(config))
+
+    def observe(self, report: PassReport, duration: float | None) -> None:
+        """Count one pass into one destination; ``duration`` only for full passes."""
+        labels = (report.policy, report.source, report.destination)
+        self.tags_replicated.labels(*labels).inc(report.tags_replicated)
+        self.blobs_copied.labels(*labels).inc(report.blobs_copied + report.manifests_copied)
+        self.bytes_copied.labels(*labels).inc(report.bytes_copied)
+        for failure in report.failures:
+            if failure.kind != "deferred":
+                self.errors.labels(report.destination, failure.kind).inc()
+        if duration is not None:
+            self.pass_duration.labels(*labels).observe(duration)
+
+
+class _StateCollector:
+    def __init__(self, config: Config, state: StateStore):
+        self.config = config
+        self.state = state
+
+    def collect(self):
+        families = {
+            "lag": GaugeMetricFamily("replicator_lag_seconds", "Age of the oldest change at the "
+                                     "source not yet visible at the destination (0 in sync).", labels=DESTINATION),
+            "pending": GaugeMetricFamily("replicator_pending_tags", "Tags known to differ between "
+                                         "source and destination.", labels=DESTINATION),
+            "failing": GaugeMetricFamily("replicator_failing_tags", "Tags whose last attempt failed.",
+                                         labels=DESTINATION),
+            "success": GaugeMetricFamily("replicator_last_success_timestamp_seconds", "End of the last "
+                                         "full pass with no failure (0: never).", labels=DESTINATION),
+        }
+        for status in destination_statuses(self.config, self.state, time.time()):
+            labels = [status.policy, status.source, status.destination]
+            families["lag"].add_metric(labels, status.lag_seconds)
+            families["pending"].add_metric(labels, status.pending_tags)
+            families["failing"].add_metric(labels, len(status.failing))
+            families["success"].add_metric(labels, status.last_success or 0)
+        yield from families.values()
+
+
+class _RequestCollector:
+    def __init__(self, config: Config):
+        self.config = config
+
+    def collect(self):
+        family = CounterMetricFamily("replicator_storage_requests", "Storage API requests sent, by "
+                                     "region and kind.", labels=("region", "op"))
+        for name, region in self.config.regions.items():
+            for op, count in region.storage.requests.snapshot().items():
+                family.add_metric([name, op], count)
+        yield family

@@ -1,0 +1,130 @@
+"""``replicator serve``: scheduled passes, push-triggered targeted passes, metrics.
+
+Each policy runs on its schedule (APScheduler; missed runs coalesce). A push or delete event
+for a policy's source region marks the repository pending at once (so lag shows it) and,
+debounced, runs a targeted pass over that repository. A lock per policy ensures that no two
+passes of one policy ever run at once. Scheduled passes defer failing tags with exponential
+back-off and become audits (re-reading everything) once per ``audit_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from drivers.errors import StorageError
+from replicator import layout
+from replicator.config import Config, Policy
+from replicator.debounce import Debouncer
+from replicator.engine import RETRY_BACKOFF, RunOptions, policy_selects, run_policy, selected
+from replicator.metrics import Metrics
+from replicator.notifications import TRIGGERS, Event
+from replicator.report import PassReport
+from state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_MAX_FACTOR = 10
+"""A burst of events waits at most this many debounce windows."""
+
+
+class Service:
+    def __init__(self, config: Config, state: StateStore):
+        self.config = config
+        self.state = state
+        self.metrics = Metrics(config, state)
+        self.stopping = threading.Event()
+        self._locks = {policy.name: threading.Lock() for policy in config.policies}
+        self._scheduler = BackgroundScheduler(timezone=timezone.utc)
+        quiet = config.server.debounce
+        self._events = Debouncer(lambda key: self.run_pass(*key), quiet, quiet * DEBOUNCE_MAX_FACTOR)
+
+    def start(self) -> None:
+        now = datetime.now(timezone.utc)
+        for policy in self.config.policies:
+            if policy.schedule.cron:
+                trigger = CronTrigger.from_crontab(policy.schedule.cron, timezone=timezone.utc)
+                first = None
+            else:
+                trigger = IntervalTrigger(seconds=policy.schedule.interval, timezone=timezone.utc)
+                first = now
+            self._scheduler.add_job(self.run_pass, trigger, args=[policy.name], id=policy.name,
+                                    max_instances=1, coalesce=True, misfire_grace_time=None,
+                                    next_run_time=first)
+        self._scheduler.start()
+        self._events.start()
+
+    def stop(self) -> None:
+        """Start no new tag; let passes under way finish their current tags; then return."""
+        self.stopping.set()
+        self._scheduler.shutdown(wait=True)
+        self._events.stop()
+
+    def run_pass(self, policy_name: str, repository: str | None = None) -> list[PassReport]:
+        """One pass of a policy (targeted at ``repository`` if given); waits for any pass of
+        the same policy under way. Storage errors that stop the whole pass are logged."""
+        policy = next(p for p in self.config.policies if p.name == policy_name)
+        with self._locks[policy_name]:
+            if self.stopping.is_set():
+                return []
+            audit = repository is None and self._audit_due(policy)
+            options = RunOptions(concurrency=self.config.concurrency, audit=audit,
+                                 backoff=RETRY_BACKOFF, stop=self.stopping)
+            started = time.monotonic()
+            try:
+                reports = run_policy(self.config, policy, self.state, options, repository)
+            except StorageError as error:
+                log.error("pass of policy %s (%s) failed: %s", policy_name,
+                          repository or "all repositories", error)
+                return []
+            duration = time.monotonic() - started
+            for report in reports:
+                self.metrics.observe(report, None if repository else duration)
+                log.info("pass %s -> %s%s: %d replicated, %d unchanged, %d failed", policy_name,
+                         report.destination, f" ({repository})" if repository else "",
+                         report.tags_replicated, report.tags_unchanged, report.tags_failed)
+            return reports
+
+    def _audit_due(self, policy: Policy) -> bool:
+        for destination in policy.destinations:
+            last = self.state.last_pass(policy.name, destination, audit_only=True)
+            if last is None or time.time() - last.finished >= self.config.audit_interval:
+                return True
+        return False
+
+    def receive(self, region: str, events: list[Event]) -> int:
+        """Take a validated envelope's events for ``region``; returns how many triggered a
+        targeted pass. Pull and mount events are counted and otherwise ignored."""
+        triggered = 0
+        for event in events:
+            self.metrics.events.labels(region, event.action).inc()
+            if event.action not in TRIGGERS:
+                continue
+            for policy in self.config.policies:
+                if policy.source != region or not selected(policy.repositories, event.repository):
+                    continue
+                if event.tag and not policy_selects(policy, event.repository, event.tag):
+                    continue
+                for destination in policy.destinations:
+                    self.state.add_pending(policy.name, destination, event.repository, event.tag,
+                                           event.timestamp)
+                self._events.hint((policy.name, event.repository))
+                triggered += 1
+        return triggered
+
+    def readiness(self) -> dict[str, str]:
+        """Each region's storage: ``"ok"`` or the error a one-page listing met."""
+        result = {}
+        for name, region in self.config.regions.items():
+            try:
+                next(iter(region.storage.list(layout.ROOT)), None)
+                result[name] = "ok"
+            except StorageError as error:
+                result[name] = f"unreachable: {error}"
+        return result

@@ -1,0 +1,78 @@
+"""How far behind each destination is, from the state store alone (no storage requests).
+
+``replicator status`` and the ``/metrics`` gauges both read :func:`destination_statuses`, so
+they always agree. It works while ``serve`` runs: the state store is read through WAL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from replicator.config import Config
+from state.store import FailureRecord, StateStore
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    policy: str
+    source: str
+    destination: str
+    lag_seconds: float
+    pending_tags: int
+    failing: tuple[FailureRecord, ...]
+    last_pass: float | None
+    last_success: float | None
+
+    @property
+    def in_sync(self) -> bool:
+        return self.pending_tags == 0 and not self.failing and self.last_success is not None
+
+    def as_dict(self) -> dict:
+        return {
+            "policy": self.policy, "source": self.source, "destination": self.destination,
+            "in_sync": self.in_sync, "lag_seconds": round(self.lag_seconds, 3),
+            "pending_tags": self.pending_tags, "failing_tags": len(self.failing),
+            "last_pass": self.last_pass, "last_success": self.last_success,
+            "failures": [{"repository": f.repository, "tag": f.tag, "digest": f.digest,
+                          "attempts": f.attempts, "error": f.error, "first_failed": f.first_failed,
+                          "next_retry": f.next_retry} for f in self.failing],
+        }
+
+
+def lag_seconds(pending_since: list[float], now: float) -> float:
+    """The age of the oldest pending change; 0 when nothing is pending."""
+    return max(0.0, now - min(pending_since)) if pending_since else 0.0
+
+
+def destination_statuses(config: Config, state: StateStore, now: float | None = None) -> list[DestinationStatus]:
+    now = time.time() if now is None else now
+    statuses = []
+    for policy in config.policies:
+        for destination in policy.destinations:
+            pending = state.pending(policy.name, destination)
+            failing = sorted(state.failures(policy.name, destination).values(),
+                             key=lambda f: (f.repository, f.tag))
+            last = state.last_pass(policy.name, destination)
+            success = state.last_pass(policy.name, destination, ok_only=True)
+            statuses.append(DestinationStatus(
+                policy.name, policy.source, destination, lag_seconds(list(pending.values()), now),
+                len(pending), tuple(failing), last.finished if last else None,
+                success.finished if success else None))
+    return statuses
+
+
+def status_text(statuses: list[DestinationStatus]) -> str:
+    lines = []
+    for status in statuses:
+        state = "in sync" if status.in_sync else "NOT in sync"
+        lines.append(f"{status.policy}: {status.source} -> {status.destination}: {state}, "
+                     f"lag {status.lag_seconds:.0f}s, {status.pending_tags} pending, "
+                     f"{len(status.failing)} failing, last success {_when(status.last_success)}")
+        lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
+                     f"{_when(f.next_retry)}): {f.error}" for f in status.failing)
+    return "\n".join(lines)
+
+
+def _when(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)) if seconds else "never"

@@ -1,0 +1,99 @@
+"""The service's HTTP face: ``/metrics``, ``/healthz``, ``/readyz``, ``POST /events/<region>``.
+
+The webhook answers fast: it validates the whole envelope (size, content type, token, JSON
+shape) before anything is queued, so a rejected request changes nothing.
+
+    401  webhook_token configured and ``Authorization: Bearer <token>`` missing or wrong
+    404  unknown path or region
+    411  no Content-Length
+    413  body over 1 MiB
+    400  wrong Content-Type or malformed envelope
+    200  ``{"accepted": N, "triggered": M}``
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from replicator.notifications import MAX_BODY, MEDIA_TYPES, EnvelopeError, parse_envelope
+from replicator.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class WebServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, service: Service, host: str, port: int):
+        self.service = service
+        super().__init__((host, port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: WebServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        service = self.server.service
+        if self.path == "/metrics":
+            self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
+        elif self.path == "/healthz":
+            self._json(200, {"status": "alive"})
+        elif self.path == "/readyz":
+            regions = service.readiness()
+            ready = all(value == "ok" for value in regions.values()) and not service.stopping.is_set()
+            self._json(200 if ready else 503, {"ready": ready, "regions": regions})
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        service = self.server.service
+        prefix = "/events/"
+        region = self.path[len(prefix):] if self.path.startswith(prefix) else None
+        if region not in service.config.regions:
+            self._json(404, {"error": "unknown region" if region is not None else "not found"})
+            return
+        token = service.config.server.webhook_token
+        supplied = self.headers.get("Authorization", "")
+        if token is not None and not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            self._json(401, {"error": "missing or wrong bearer token"})
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._json(411, {"error": "Content-Length required"})
+            return
+        if int(length) > MAX_BODY:
+            self._json(413, {"error": f"body over {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(int(length))
+        media_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media_type not in MEDIA_TYPES:
+            self._json(400, {"error": f"Content-Type must be {MEDIA_TYPES[0]}"})
+            return
+        try:
+            events = parse_envelope(body)
+        except EnvelopeError as error:
+            self._json(400, {"error": str(error)})
+            return
+        self._json(200, {"accepted": len(events), "triggered": service.receive(region, events)})
+
+    def _json(self, status: int, document: dict) -> None:
+        self._send(status, json.dumps(document).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status >= 400 and self.command == "POST":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
