@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from replicator.engine import RunOptions, run_policy
 from replicator.report import PassReport, run_document, run_text
 from replicator.service import Service
 from replicator.status import destination_statuses, status_text
+from replicator.verify import verify_policy
 from replicator.web import WebServer
 from state.store import StateStore
 
@@ -63,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(status)
     status.add_argument("--json", action="store_true", help="print one JSON document")
 
+    verify_parser = commands.add_parser(
+        "verify", help="check that every destination serves what its source serves")
+    _config_argument(verify_parser)
+    verify_parser.add_argument("--policy", help="verify only the policy with this name")
+    verify_parser.add_argument("--deep", action="store_true",
+                               help="re-hash every referenced blob (reads every byte)")
+    verify_parser.add_argument("--json", action="store_true", help="print one JSON document")
+
     demo_parser = commands.add_parser(
         "demo", help="build a small registry, replicate it to two regions and verify them")
     demo_parser.add_argument("--workdir", type=Path, default=Path("demo-work"),
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run(args.workdir)
-        command = {"sync": _sync, "serve": _serve, "status": _status}[args.command]
+        command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify}[args.command]
         return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
@@ -161,3 +171,27 @@ def _serve(args: argparse.Namespace) -> int:
     server.server_close()
     state.close()
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    results = []
+    try:
+        for policy in policies:
+            results.extend(verify_policy(config, policy, args.deep))
+    except StorageError as error:
+        print(f"replicator: verify failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    drift = any(result.drift for result in results)
+    if args.json:
+        print(json.dumps({"ok": not drift, "deep": args.deep,
+                          "destinations": [asdict(result) for result in results]}, indent=2))
+    else:
+        for result in results:
+            print(f"{result.policy}: {result.source} -> {result.destination}: {result.tags_checked} "
+                  f"tags, {result.manifests_checked} manifests, {result.blobs_checked} blob "
+                  f"references, {result.bytes_hashed} bytes re-hashed, {len(result.drift)} problems")
+            for item in result.drift:
+                print(f"  {item.kind} {item.repository}:{item.tag}: {item.detail}")
+    return EXIT_FAILED if drift else EXIT_OK

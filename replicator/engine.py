@@ -19,13 +19,13 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 from drivers.base import ObjectInfo, StorageDriver
 from drivers.errors import NotFound, StorageError
 from replicator import layout
-from replicator.config import Config, Filter, Policy
+from replicator.config import Config, Policy
 from replicator.copier import BlobCopier, ReplicationError
+from replicator.filters import policy_selects
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
 from replicator.manifests import Manifest, ManifestError, parse_manifest
@@ -48,15 +48,6 @@ def error_kind(error: Exception) -> str:
         return {"TransientError": "storage_transient", "AccessDenied": "storage_access"}.get(
             type(error).__name__, "storage")
     return {ReplicationError: "source_content", ManifestError: "manifest"}.get(type(error), "layout")
-
-
-def selected(policy_filter: Filter, value: str) -> bool:
-    return (any(fnmatchcase(value, pattern) for pattern in policy_filter.include)
-            and not any(fnmatchcase(value, pattern) for pattern in policy_filter.exclude))
-
-
-def policy_selects(policy: Policy, name: str, tag: str) -> bool:
-    return selected(policy.repositories, name) and selected(policy.tags, tag)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from drivers.errors import StorageError
 from replicator import layout
 from replicator.config import Config, Policy
 from replicator.debounce import Debouncer
-from replicator.engine import RETRY_BACKOFF, RunOptions, policy_selects, run_policy, selected
+from replicator.engine import RETRY_BACKOFF, RunOptions, run_policy
+from replicator.filters import policy_selects, selected
 from replicator.metrics import Metrics
 from replicator.notifications import TRIGGERS, Event
 from replicator.report import PassReport

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from drivers.base import StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
+from replicator.config import Config, Policy
+from replicator.filters import policy_selects
 from replicator.inventory import Inventory
 from replicator.manifests import ManifestError, parse_manifest
 from replicator.planner import is_foreign
@@ -33,6 +35,9 @@ class Drift:
 
 @dataclass
 class VerifyResult:
+    policy: str = ""
+    source: str = ""
+    destination: str = ""
     tags_checked: int = 0
     manifests_checked: int = 0
     blobs_checked: int = 0
@@ -120,3 +125,16 @@ class _Checker:
 
     def _drift(self, name: str, tag: str, kind: str, detail: str) -> None:
         self.result.drift.append(Drift(name, tag, kind, detail))
+
+
+def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
+    """Verify every tag ``policy`` selects at the source, in each destination."""
+    source = config.regions[policy.source].storage
+    inventory = Inventory().add(source.list(layout.REPOSITORIES_PREFIX))
+    tags = sorted(key for key in inventory.tags if policy_selects(policy, *key))
+    results = []
+    for name in policy.destinations:
+        result = verify(source, config.regions[name].storage, tags, deep)
+        result.policy, result.source, result.destination = policy.name, policy.source, name
+        results.append(result)
+    return results

@@ -20,7 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from replicator.notifications import MAX_BODY, MEDIA_TYPES, EnvelopeError, parse_envelope
+from replicator.notifications import (
+    MAX_BODY,
+    MEDIA_TYPES,
+    EnvelopeError,
+    parse_envelope,
+)
 from replicator.service import Service
 
 log = logging.getLogger(__name__)
