@@ -36,7 +36,8 @@ def _initial(db: sqlite_utils.Database) -> None:
     db["tag_links"].create({"region": str, "repository": str, "tag": str, "etag": str, "digest": str},
                            pk=("region", "repository", "tag"))
     db["passes"].create({"id": int, "policy": str, "source": str, "destination": str,
-                         "started": float, "finished": float, "ok": int, "counts": str}, pk="id")
+                         "started": float, "finished": float, "ok": int, "audit": int, "counts": str},
+                        pk="id")
     db["passes"].create_index(["policy", "destination", "finished"])
     db["failures"].create({"policy": str, "destination": str, "repository": str, "tag": str,
                            "digest": str, "attempts": int, "error": str, "first_failed": float,
@@ -75,6 +76,7 @@ class PassRecord:
     finished: float
     ok: bool
     counts: dict
+    audit: bool = False
 
 
 BATCH = 500
@@ -144,10 +146,12 @@ class StateStore:
             self.db["passes"].insert({"policy": record.policy, "source": record.source,
                                       "destination": record.destination, "started": record.started,
                                       "finished": record.finished, "ok": int(record.ok),
-                                      "counts": json.dumps(record.counts)})
+                                      "audit": int(record.audit), "counts": json.dumps(record.counts)})
 
-    def last_pass(self, policy: str, destination: str, *, ok_only: bool = False) -> PassRecord | None:
-        where = "policy = ? and destination = ?" + (" and ok = 1" if ok_only else "")
+    def last_pass(self, policy: str, destination: str, *, ok_only: bool = False,
+                  audit_only: bool = False) -> PassRecord | None:
+        where = ("policy = ? and destination = ?" + (" and ok = 1" if ok_only else "")
+                 + (" and audit = 1" if audit_only else ""))
         with self._lock:
             rows = list(self.db.query(f"select * from passes where {where} order by finished desc limit 1",
                                       [policy, destination]))
@@ -155,7 +159,8 @@ class StateStore:
             return None
         row = rows[0]
         return PassRecord(row["policy"], row["source"], row["destination"], row["started"],
-                          row["finished"], bool(row["ok"]), json.loads(row["counts"]))
+                          row["finished"], bool(row["ok"]), json.loads(row["counts"]),
+                          bool(row["audit"]))
 
     def record_failure(self, policy: str, destination: str, repository: str, tag: str,
                        digest: str, error: str, backoff: tuple[float, float],
