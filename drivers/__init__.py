@@ -4,14 +4,15 @@ A driver is a dotted class path imported only when a configuration uses it, so t
 unused clouds need not be installed. Adding a backend is one module plus one line here.
 """
 
-import importlib
-
 from drivers.base import StorageDriver
 from drivers.errors import ConfigError
+from drivers.plugins import build
 
 DRIVERS = {
-    "filesystem": ("drivers.filesystem", "FilesystemDriver", "pyyaml"),
+    "filesystem": ("drivers.filesystem", "FilesystemDriver", "nothing more"),
     "s3": ("drivers.s3", "S3Driver", "boto3"),
+    "gcs": ("drivers.gcs", "GCSDriver", "google-cloud-storage"),
+    "azure": ("drivers.azure", "AzureDriver", "azure-storage-blob"),
 }
 
 DISTRIBUTION_ONLY_KEYS = frozenset({"cache", "delete", "redirect", "maintenance", "tag"})
@@ -31,17 +32,4 @@ def open_storage(block: object) -> StorageDriver:
         found = ", ".join(map(str, kinds)) or "none"
         raise ConfigError("", f"needs exactly one storage kind of {', '.join(DRIVERS)}; found {found}")
     kind = kinds[0]
-    if kind not in DRIVERS:
-        raise ConfigError(str(kind), f"unknown storage kind; supported: {', '.join(DRIVERS)}")
-    params = block[kind] if block[kind] is not None else {}
-    if not isinstance(params, dict):
-        raise ConfigError(kind, "must be a mapping of parameters")
-    module_name, class_name, package = DRIVERS[kind]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(kind, f"driver unavailable ({error}); install {package}") from None
-    try:
-        return getattr(module, class_name).from_config(params)
-    except ConfigError as error:
-        raise error.under(kind) from None
+    return build(DRIVERS, kind, block[kind] if block[kind] is not None else {}, "storage kind")
