@@ -19,6 +19,7 @@ from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
 from replicator import demo
 from replicator.engine import RunOptions, run_policy
+from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
 from replicator.service import Service
 from replicator.status import destination_statuses, status_text
@@ -113,6 +114,8 @@ def _sync(args: argparse.Namespace) -> int:
     reports: list[PassReport] = []
     errors: list[str] = []
     state = StateStore(config.state_path)
+    if not args.dry_run:
+        recover_purges(config.regions, state)
     try:
         for policy in policies:
             try:
@@ -124,7 +127,9 @@ def _sync(args: argparse.Namespace) -> int:
     duration = time.monotonic() - started
     requests = {name: region.storage.requests.snapshot() for name, region in config.regions.items()}
     if args.json:
-        document = run_document(reports, errors, requests, duration, args.dry_run)
+        cdn_calls = {name: region.cdn.purger.calls for name, region in config.regions.items()
+                     if region.cdn is not None}
+        document = run_document(reports, errors, requests, cdn_calls, duration, args.dry_run)
         print(json.dumps(document, indent=2))
     else:
         print(run_text(reports, duration, args.dry_run))

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 import drivers
+import drivers.cdn as cdn_drivers
 from drivers.base import StorageDriver
+from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
 
 DEFAULT_CONCURRENCY = 8
@@ -64,9 +68,20 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Cdn:
+    """The edge in front of a region: the base URLs users pull from, and its purger."""
+
+    baseurls: tuple[str, ...]
+    purger: Purger
+    sending: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held while the region's purge queue is being sent, so that no batch goes out twice."""
+
+
+@dataclass(frozen=True)
 class Region:
     name: str
     storage: StorageDriver
+    cdn: Cdn | None = None
 
 
 @dataclass(frozen=True)
@@ -176,15 +191,36 @@ def _regions(value: object) -> dict[str, Region]:
     regions = {}
     for name, block in _mapping(value, "regions").items():
         field = f"regions.{name}"
-        region = _mapping(block, field, {"storage"})
+        region = _mapping(block, field, {"storage", "cdn"})
         if "storage" not in region:
             raise ConfigError(f"{field}.storage", "is required")
         try:
             storage = drivers.open_storage(region["storage"])
         except ConfigError as error:
             raise error.under(f"{field}.storage") from None
-        regions[str(name)] = Region(str(name), storage)
+        cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
+        regions[str(name)] = Region(str(name), storage, cdn)
     return regions
+
+
+def _cdn(value: object, field: str) -> Cdn:
+    block = _mapping(value, field)
+    baseurls = block.get("baseurls")
+    if not isinstance(baseurls, list) or not baseurls:
+        raise ConfigError(f"{field}.baseurls", "must be a non-empty list of URLs users pull from")
+    for index, url in enumerate(baseurls):
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if not parts or parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ConfigError(f"{field}.baseurls[{index}]", "must be an http(s) URL such as "
+                                                             "https://registry.example.com")
+    providers = [key for key in block if key != "baseurls"]
+    if len(providers) != 1:
+        raise ConfigError(field, f"needs exactly one provider of {', '.join(cdn_drivers.PURGERS)}")
+    try:
+        purger = cdn_drivers.open_purger(providers[0], block[providers[0]])
+    except ConfigError as error:
+        raise error.under(field) from None
+    return Cdn(tuple(url.rstrip("/") for url in baseurls), purger)
 
 
 def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:

@@ -16,20 +16,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from drivers.base import ObjectInfo, StorageDriver
 from drivers.errors import NotFound, StorageError
 from replicator import layout
-from replicator.config import Config, Policy
+from replicator.config import Config, Policy, Region
 from replicator.copier import BlobCopier, ReplicationError
 from replicator.filters import policy_selects
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
 from replicator.manifests import Manifest, ManifestError, parse_manifest
 from replicator.planner import TagPlan, plan_tag
+from replicator.purging import purge_urls, send_purges
 from replicator.report import PassReport
 from state.store import PassRecord, StateStore
 
@@ -109,18 +111,18 @@ class DestinationPass:
     """One policy's pass into one destination region (or one repository of it)."""
 
     def __init__(self, policy: Policy, source: SourceReader,
-                 source_tags: dict[tuple[str, str], ObjectInfo], destination_name: str,
-                 destination: StorageDriver, state: StateStore, options: RunOptions,
-                 repository: str | None):
+                 source_tags: dict[tuple[str, str], ObjectInfo], region: Region,
+                 state: StateStore, options: RunOptions, repository: str | None):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
-        self.destination_name = destination_name
-        self.destination = destination
+        self.region = region
+        self.destination_name = region.name
+        self.destination = region.storage
         self.state = state
         self.options = options
         self.repository = repository
-        self.report = PassReport(policy.name, policy.source, destination_name)
+        self.report = PassReport(policy.name, policy.source, region.name)
         self.inventory = Inventory()
         self.in_sync: set[tuple[str, str]] = set()
         self._blobs_listed = False
@@ -145,6 +147,9 @@ class DestinationPass:
             self._delete_removed_tags()
         if not self.options.dry_run:
             self._record(started)
+            outcome = send_purges(self.region, self.state)
+            for result in ("sent", "retrying", "failed"):
+                self.report.count(f"purges_{result}", getattr(outcome, result))
         return self.report
 
     def _record(self, started: float) -> None:
@@ -247,11 +252,29 @@ class DestinationPass:
                 self.report.plan(f"write {key} -> {digest}")
                 self.inventory.links.add(key)
                 continue
-            etag = self.destination.write(key, layout.link_bytes(digest))
-            if key == current_key:
-                self.links.record(plan.name, plan.tag, etag, digest)
-            else:
+            if key != current_key:
+                self.destination.write(key, layout.link_bytes(digest))
                 self.inventory.links.add(key)
+                continue
+            with self._purging(plan.name, plan.tag):
+                etag = self.destination.write(key, layout.link_bytes(digest))
+            self.links.record(plan.name, plan.tag, etag, digest)
+
+    @contextmanager
+    def _purging(self, name: str, tag: str) -> Iterator[None]:
+        """Around a change of the tag's current link: purges recorded before, ready after."""
+        if self.region.cdn is None:
+            yield
+            return
+        urls = purge_urls(self.region.cdn.baseurls, name, tag)
+        if self.options.dry_run:
+            yield
+            for url in urls:
+                self.report.plan(f"purge {url}")
+            return
+        self.state.enqueue_purges(self.destination_name, urls)
+        yield
+        self.state.ready_purges(self.destination_name, urls)
 
     def _delete_removed_tags(self) -> None:
         for name, tag in sorted(self.inventory.tags):
@@ -259,11 +282,12 @@ class DestinationPass:
                 continue
             keys = [layout.tag_current_key(name, tag), *self.inventory.tag_index_keys.get((name, tag), [])]
             try:
-                for key in keys:
-                    if self.options.dry_run:
-                        self.report.plan(f"delete {key}")
-                    else:
-                        self.destination.delete(key)
+                with self._purging(name, tag):
+                    for key in keys:
+                        if self.options.dry_run:
+                            self.report.plan(f"delete {key}")
+                        else:
+                            self.destination.delete(key)
             except StorageError as error:
                 self._failed(name, tag, "", error)
             else:
@@ -293,6 +317,6 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     tags = {key: inventory.tags[key] for key in sorted(inventory.tags) if policy_selects(policy, *key)}
     source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
                                                    options.audit))
-    return [DestinationPass(policy, source, tags, name, config.regions[name].storage, state,
-                            options, repository).run()
+    return [DestinationPass(policy, source, tags, config.regions[name], state, options,
+                            repository).run()
             for name in policy.destinations]

@@ -18,6 +18,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from replicator.config import Config
+from replicator.purging import PurgeOutcome
 from replicator.report import PassReport
 from replicator.status import destination_statuses
 from state.store import StateStore
@@ -41,9 +42,13 @@ class Metrics:
                               ("destination", "kind"), registry=self.registry)
         self.events = Counter("replicator_events_received", "Registry notification events received.",
                               ("region", "action"), registry=self.registry)
+        self.purges = Counter("replicator_cdn_purges", "CDN purge URLs sent, by result (sent, "
+                              "retrying, failed).", ("destination", "provider", "result"),
+                              registry=self.registry)
         self.pass_duration = Histogram("replicator_pass_duration_seconds",
                                        "Duration of full passes, per destination.", DESTINATION,
                                        buckets=PASS_BUCKETS, registry=self.registry)
+        self.config = config
         self.registry.register(_StateCollector(config, state))
         self.registry.register(_RequestCollector(config))
 
@@ -58,6 +63,15 @@ class Metrics:
                 self.errors.labels(report.destination, failure.kind).inc()
         if duration is not None:
             self.pass_duration.labels(*labels).observe(duration)
+        self.observe_purges(report.destination, PurgeOutcome(
+            report.purges_sent, report.purges_retrying, report.purges_failed))
+
+    def observe_purges(self, destination: str, outcome: PurgeOutcome) -> None:
+        cdn = self.config.regions[destination].cdn
+        if cdn is None:
+            return
+        for result in ("sent", "retrying", "failed"):
+            self.purges.labels(destination, cdn.purger.kind, result).inc(getattr(outcome, result))
 
 
 class _StateCollector:
@@ -73,15 +87,22 @@ class _StateCollector:
                                          "source and destination.", labels=DESTINATION),
             "failing": GaugeMetricFamily("replicator_failing_tags", "Tags whose last attempt failed.",
                                          labels=DESTINATION),
+            "queue": GaugeMetricFamily("replicator_cdn_purge_queue", "CDN purges recorded and not "
+                                       "yet accepted by the provider.", labels=("destination",)),
             "success": GaugeMetricFamily("replicator_last_success_timestamp_seconds", "End of the last "
                                          "full pass with no failure (0: never).", labels=DESTINATION),
         }
+        queues = {}
         for status in destination_statuses(self.config, self.state, time.time()):
+            queues[status.destination] = status.purges_outstanding
             labels = [status.policy, status.source, status.destination]
             families["lag"].add_metric(labels, status.lag_seconds)
             families["pending"].add_metric(labels, status.pending_tags)
             families["failing"].add_metric(labels, len(status.failing))
             families["success"].add_metric(labels, status.last_success or 0)
+        for destination, outstanding in queues.items():
+            if self.config.regions[destination].cdn is not None:
+                families["queue"].add_metric([destination], outstanding)
         yield from families.values()
 
 

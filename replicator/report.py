@@ -6,7 +6,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 
 COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
-            "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied")
+            "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
+            "purges_sent", "purges_retrying", "purges_failed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class PassReport:
     blobs_copied: int = 0
     blobs_present: int = 0
     bytes_copied: int = 0
+    purges_sent: int = 0
+    purges_retrying: int = 0
+    purges_failed: int = 0
     failures: list[Failure] = field(default_factory=list)
     planned: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -66,8 +70,10 @@ class PassReport:
 
 
 def run_document(reports: list[PassReport], errors: list[str],
-                 requests: dict[str, dict[str, int]], duration: float, dry_run: bool) -> dict:
-    """The ``--json`` document of a ``sync`` run; ``errors`` are whole-pass failures."""
+                 requests: dict[str, dict[str, int]], cdn_calls: dict[str, int],
+                 duration: float, dry_run: bool) -> dict:
+    """The ``--json`` document of a ``sync`` run; ``errors`` are whole-pass failures,
+    ``requests`` storage requests and ``cdn_calls`` CDN API calls, by region."""
     return {
         "ok": not errors and all(report.tags_failed == 0 for report in reports),
         "dry_run": dry_run,
@@ -75,6 +81,7 @@ def run_document(reports: list[PassReport], errors: list[str],
         "duration_seconds": round(duration, 3),
         "passes": [report.as_dict(dry_run) for report in reports],
         "requests": requests,
+        "cdn_calls": cdn_calls,
     }
 
 
@@ -87,7 +94,10 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
             f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
             f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
-            f"({_size(report.bytes_copied)}), {report.blobs_present} already present")
+            f"({_size(report.bytes_copied)}), {report.blobs_present} already present"
+            + (f"; {report.purges_sent} CDN purges sent, {report.purges_retrying + report.purges_failed} "
+               f"not accepted yet" if report.purges_sent or report.purges_retrying
+               or report.purges_failed else ""))
         lines.extend(f"  would {action}" for action in report.planned)
         lines.extend(f"  FAILED {f.repository}:{f.tag}: {f.error}"
                      for f in sorted(report.failures, key=lambda f: (f.repository, f.tag)))

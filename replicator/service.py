@@ -26,11 +26,13 @@ from replicator.engine import RETRY_BACKOFF, RunOptions, run_policy
 from replicator.filters import policy_selects, selected
 from replicator.metrics import Metrics
 from replicator.notifications import TRIGGERS, Event
+from replicator.purging import recover_purges, send_purges
 from replicator.report import PassReport
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
+PURGE_RETRY_INTERVAL = 15.0
 DEBOUNCE_MAX_FACTOR = 10
 """A burst of events waits at most this many debounce windows."""
 
@@ -47,6 +49,7 @@ class Service:
         self._events = Debouncer(lambda key: self.run_pass(*key), quiet, quiet * DEBOUNCE_MAX_FACTOR)
 
     def start(self) -> None:
+        recover_purges(self.config.regions, self.state)
         now = datetime.now(timezone.utc)
         for policy in self.config.policies:
             if policy.schedule.cron:
@@ -58,8 +61,16 @@ class Service:
             self._scheduler.add_job(self.run_pass, trigger, args=[policy.name], id=policy.name,
                                     max_instances=1, coalesce=True, misfire_grace_time=None,
                                     next_run_time=first)
+        self._scheduler.add_job(self.retry_purges, IntervalTrigger(seconds=PURGE_RETRY_INTERVAL),
+                                id="purges", max_instances=1, coalesce=True)
         self._scheduler.start()
         self._events.start()
+
+    def retry_purges(self) -> None:
+        """Send the purges that failed earlier and are due again."""
+        for name, region in self.config.regions.items():
+            if region.cdn is not None:
+                self.metrics.observe_purges(name, send_purges(region, self.state))
 
     def stop(self) -> None:
         """Start no new tag; let passes under way finish their current tags; then return."""

@@ -23,10 +23,12 @@ class DestinationStatus:
     failing: tuple[FailureRecord, ...]
     last_pass: float | None
     last_success: float | None
+    purges_outstanding: int = 0
 
     @property
     def in_sync(self) -> bool:
-        return self.pending_tags == 0 and not self.failing and self.last_success is not None
+        return (self.pending_tags == 0 and not self.failing and not self.purges_outstanding
+                and self.last_success is not None)
 
     def as_dict(self) -> dict:
         return {
@@ -34,6 +36,7 @@ class DestinationStatus:
             "in_sync": self.in_sync, "lag_seconds": round(self.lag_seconds, 3),
             "pending_tags": self.pending_tags, "failing_tags": len(self.failing),
             "last_pass": self.last_pass, "last_success": self.last_success,
+            "purges_outstanding": self.purges_outstanding,
             "failures": [{"repository": f.repository, "tag": f.tag, "digest": f.digest,
                           "attempts": f.attempts, "error": f.error, "first_failed": f.first_failed,
                           "next_retry": f.next_retry} for f in self.failing],
@@ -41,7 +44,8 @@ class DestinationStatus:
 
 
 def lag_seconds(pending_since: list[float], now: float) -> float:
-    """The age of the oldest pending change; 0 when nothing is pending."""
+    """The age of the oldest change not yet visible: pending tags and outstanding CDN purges
+    (an edge still serving the old manifest is not in sync); 0 when there is none."""
     return max(0.0, now - min(pending_since)) if pending_since else 0.0
 
 
@@ -51,14 +55,16 @@ def destination_statuses(config: Config, state: StateStore, now: float | None = 
     for policy in config.policies:
         for destination in policy.destinations:
             pending = state.pending(policy.name, destination)
+            purges = state.outstanding_purges(destination)
             failing = sorted(state.failures(policy.name, destination).values(),
                              key=lambda f: (f.repository, f.tag))
             last = state.last_pass(policy.name, destination)
             success = state.last_pass(policy.name, destination, ok_only=True)
+            changes = [*pending.values(), *(purge.created for purge in purges)]
             statuses.append(DestinationStatus(
-                policy.name, policy.source, destination, lag_seconds(list(pending.values()), now),
+                policy.name, policy.source, destination, lag_seconds(changes, now),
                 len(pending), tuple(failing), last.finished if last else None,
-                success.finished if success else None))
+                success.finished if success else None, len(purges)))
     return statuses
 
 
@@ -68,7 +74,8 @@ def status_text(statuses: list[DestinationStatus]) -> str:
         state = "in sync" if status.in_sync else "NOT in sync"
         lines.append(f"{status.policy}: {status.source} -> {status.destination}: {state}, "
                      f"lag {status.lag_seconds:.0f}s, {status.pending_tags} pending, "
-                     f"{len(status.failing)} failing, last success {_when(status.last_success)}")
+                     f"{len(status.failing)} failing, {status.purges_outstanding} CDN purges "
+                     f"outstanding, last success {_when(status.last_success)}")
         lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
                      f"{_when(f.next_retry)}): {f.error}" for f in status.failing)
     return "\n".join(lines)

@@ -7,6 +7,9 @@ Deleting the database costs one full re-scan, nothing else. It holds:
   entry changed;
 - ``passes``: every pass with its start, end, outcome and counts;
 - ``failures``: every failing tag with attempts, last error and the time of the next retry;
+- ``purges``: the durable CDN purge queue: a purge is recorded (not ready) before the tag link
+  it follows is written, made ready once it is written, retried until the provider accepts
+  it, and deduplicated by (destination, URL);
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
   the source: the lag is the age of the oldest.
@@ -45,6 +48,22 @@ def _initial(db: sqlite_utils.Database) -> None:
                           pk=("policy", "destination", "repository", "tag"))
     db["pending"].create({"policy": str, "destination": str, "repository": str, "tag": str,
                           "since": float}, pk=("policy", "destination", "repository", "tag"))
+
+
+@migrations(name="0002_purge_queue")
+def _purge_queue(db: sqlite_utils.Database) -> None:
+    db["purges"].create({"destination": str, "url": str, "ready": int, "attempts": int,
+                         "created": float, "next_try": float, "error": str},
+                        pk=("destination", "url"))
+
+
+@dataclass(frozen=True)
+class PurgeItem:
+    destination: str
+    url: str
+    attempts: int
+    created: float
+    error: str
 
 
 @dataclass(frozen=True)
@@ -218,3 +237,48 @@ class StateStore:
             rows = self.db.query("select repository, tag, since from pending where policy = ? "
                                  "and destination = ?", [policy, destination])
             return {(row["repository"], row["tag"]): row["since"] for row in rows}
+
+    def enqueue_purges(self, destination: str, urls: list[str], now: float | None = None) -> None:
+        """Record purges that a tag change at ``destination`` will need (not ready yet)."""
+        now = time.time() if now is None else now
+        with self._lock, self.db.conn:
+            self.db.conn.executemany(
+                "insert into purges (destination, url, ready, attempts, created, next_try, error) "
+                "values (?, ?, 0, 0, ?, ?, '') on conflict do update set ready = 0",
+                [(destination, url, now, now) for url in urls])
+
+    def ready_purges(self, destination: str, urls: list[str] | None = None) -> None:
+        """Mark purges sendable: ``urls`` of ``destination``, or all of them (after a restart)."""
+        with self._lock, self.db.conn:
+            if urls is None:
+                self.db.execute("update purges set ready = 1 where destination = ?", [destination])
+            else:
+                self.db.conn.executemany("update purges set ready = 1 where destination = ? and url = ?",
+                                         [(destination, url) for url in urls])
+
+    def due_purges(self, destination: str, now: float | None = None) -> list[PurgeItem]:
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self.db.query("select destination, url, attempts, created, error from purges where "
+                                 "destination = ? and ready = 1 and next_try <= ? order by created, url",
+                                 [destination, now])
+            return [PurgeItem(**row) for row in rows]
+
+    def purges_done(self, destination: str, urls: list[str]) -> None:
+        with self._lock, self.db.conn:
+            self.db.conn.executemany("delete from purges where destination = ? and url = ? and ready = 1",
+                                     [(destination, url) for url in urls])
+
+    def purges_failed(self, destination: str, urls: list[str], error: str, next_try: float) -> None:
+        with self._lock, self.db.conn:
+            self.db.conn.executemany(
+                "update purges set attempts = attempts + 1, error = ?, next_try = ? "
+                "where destination = ? and url = ?",
+                [(error, next_try, destination, url) for url in urls])
+
+    def outstanding_purges(self, destination: str) -> list[PurgeItem]:
+        """Every purge not yet accepted by the provider, oldest first."""
+        with self._lock:
+            rows = self.db.query("select destination, url, attempts, created, error from purges "
+                                 "where destination = ? order by created, url", [destination])
+            return [PurgeItem(**row) for row in rows]

@@ -1,0 +1,83 @@
+"""Purging a destination's CDN for tags that changed, through the durable queue in the state store.
+
+The engine enqueues a tag's purge URLs before it writes (or deletes) the tag's
+``current/link`` and marks them ready right after; :func:`send_purges` then sends what is
+ready, in the provider's batch size, and keeps what failed for a later attempt with back-off.
+A process that died in between leaves not-ready rows, which :func:`recover_purges` makes
+ready at the next start: a purge is sent at least once after its tag moved, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from drivers.cdn.base import PurgeError
+from replicator.config import Region
+from state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+BACKOFF = (5.0, 600.0)
+"""(initial, maximum) seconds before a failed purge batch is tried again."""
+
+
+def purge_urls(baseurls: tuple[str, ...], name: str, tag: str) -> list[str]:
+    """The URLs whose cached answers change when ``name:tag`` moves: the tag's manifest and
+    the repository's tag list, under every base URL. Never blobs or digest URLs."""
+    return [url for base in baseurls
+            for url in (f"{base}/v2/{name}/manifests/{tag}", f"{base}/v2/{name}/tags/list")]
+
+
+@dataclass
+class PurgeOutcome:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    errors: tuple[str, ...] = ()
+
+
+def recover_purges(regions: dict[str, Region], state: StateStore) -> None:
+    """Make every recorded purge sendable: call once at start, before any pass."""
+    for name, region in regions.items():
+        if region.cdn is not None:
+            state.ready_purges(name)
+
+
+def send_purges(region: Region, state: StateStore, now: float | None = None) -> PurgeOutcome:
+    """Send every ready purge of ``region`` that is due. Never raises for a provider's error."""
+    outcome = PurgeOutcome()
+    if region.cdn is None:
+        return outcome
+    with region.cdn.sending:
+        return _send(region, state, time.time() if now is None else now)
+
+
+def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
+    outcome = PurgeOutcome()
+    purger = region.cdn.purger
+    items = state.due_purges(region.name, now)
+    errors = []
+    for start in range(0, len(items), purger.batch_size):
+        batch = items[start:start + purger.batch_size]
+        urls = [item.url for item in batch]
+        try:
+            purger.purge(urls)
+        except PurgeError as error:
+            attempts = max(item.attempts for item in batch) + 1
+            wait = min(BACKOFF[1], BACKOFF[0] * 2 ** (attempts - 1)) if error.retryable else BACKOFF[1]
+            wait = max(wait, error.retry_after or 0)
+            state.purges_failed(region.name, urls, str(error), time.time() + wait)
+            log.warning("purge of %d URLs at %s failed (%s): %s", len(urls), purger.describe(),
+                        "will retry" if error.retryable else "permanent", error)
+            errors.append(str(error))
+            if error.retryable:
+                outcome.retrying += len(urls)
+            else:
+                outcome.failed += len(urls)
+        else:
+            state.purges_done(region.name, urls)
+            outcome.sent += len(urls)
+    outcome.errors = tuple(errors)
+    return outcome
