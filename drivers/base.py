@@ -15,13 +15,16 @@ under one of the kinds ``list``, ``get``, ``head``, ``put``, ``copy``, ``delete`
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import ClassVar
 
-from drivers.errors import InvalidKey, StorageError
+from drivers.errors import (AccessDenied, ConfigError, InvalidKey, NotFound, PreconditionFailed,
+                            StorageError, TransientError)
 from drivers.retry import ATTEMPTS, pause
 
 REQUEST_KINDS = ("list", "get", "head", "put", "copy", "delete")
@@ -88,6 +91,78 @@ def check_prefix(prefix: str) -> str:
             raise InvalidKey(f"invalid prefix {prefix!r}: must end with '/'")
         check_key(prefix[:-1])
     return prefix
+
+
+def parse_parameters(params: dict, types: dict[str, type], minimums: dict[str, int]) -> dict:
+    """Check a ``storage.<kind>`` block against ``types`` and return its non-null values.
+
+    ``types`` maps every known parameter to ``str``, ``int``, ``bool`` or ``object`` (anything).
+    ``"true"``/``"false"`` and digit strings count as booleans and integers, as YAML and
+    environment overrides give them; an integer must be at least ``minimums.get(name, 0)``.
+    ``rootdirectory`` becomes a key prefix, ``""`` or ``"some/path/"``. Raises ``ConfigError``
+    naming the first unknown or ill-typed parameter; never quotes a value.
+    """
+    config = {}
+    for name, value in params.items():
+        kind = types.get(name)
+        if kind is None:
+            raise ConfigError(str(name), "unknown parameter")
+        if value is None:
+            continue
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        elif kind is int and isinstance(value, str) and value.isdecimal():
+            value = int(value)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)
+                            or value < minimums.get(name, 0)):
+            raise ConfigError(name, f"must be an integer of at least {minimums.get(name, 0)}")
+        if kind in (bool, str) and not isinstance(value, kind):
+            raise ConfigError(name, "must be true or false" if kind is bool else "must be a string")
+        config[name] = value
+    root = config.get("rootdirectory", "").strip("/")
+    try:
+        config["rootdirectory"] = check_key(root) + "/" if root else ""
+    except InvalidKey:
+        raise ConfigError("rootdirectory", "must be a plain /-separated path") from None
+    return config
+
+
+def token_pages(fetch: Callable[[str | None], tuple[list[ObjectInfo], str | None]],
+                ) -> Iterator[list[ObjectInfo]]:
+    """Yield the non-empty pages of a listing paged by continuation tokens.
+
+    ``fetch(token)`` returns one page and the next token, ``None`` after the last page; the
+    first call gets ``None``.
+    """
+    token = None
+    while True:
+        page, token = fetch(token)
+        if page:
+            yield page
+        if not token:
+            return
+
+
+_URL_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def without_url_queries(text: str) -> str:
+    """``text`` (an SDK's error message) without URL query strings, which may carry shared
+    access signatures, upload session ids or other secrets."""
+    return _URL_QUERY.sub("", text)
+
+
+def error_for_status(status: int | None, message: str) -> StorageError:
+    """The error an HTTP status means: 404, 412, 401/403, 408/429/5xx, else a plain StorageError."""
+    if status == 404:
+        return NotFound(message)
+    if status == 412:
+        return PreconditionFailed(message)
+    if status in (401, 403):
+        return AccessDenied(message)
+    if status in (408, 429) or (status or 0) >= 500:
+        return TransientError(message)
+    return StorageError(message)
 
 
 class ChunkedWriter(ABC):
@@ -215,3 +290,54 @@ class StorageDriver(ABC):
                 if not error.retryable or failures >= ATTEMPTS:
                     raise
                 pause(failures)
+
+
+class PartWriter(ChunkedWriter):
+    """A :class:`ChunkedWriter` that uploads in parts of ``part_size`` bytes, buffering one.
+
+    A part is sent only once more bytes follow it, so the last part is never empty. An object
+    that ends within its first part is one ``driver.write``. Subclasses send a part
+    (:meth:`_send_part`), finish the upload with the last one (:meth:`_finish`) and cancel it
+    (:meth:`_cancel`, which :meth:`abort` calls, ignoring its ``StorageError``).
+    """
+
+    def __init__(self, driver: StorageDriver, key: str, part_size: int) -> None:
+        super().__init__()
+        self._driver, self._key, self._part_size = driver, key, part_size
+        self._buffer = bytearray()
+        self.parts = 0
+
+    @abstractmethod
+    def _send_part(self, part: bytes) -> None:
+        """Upload one full part (the first starts the upload)."""
+
+    @abstractmethod
+    def _finish(self, last: bytes) -> str:
+        """Upload the last part and make the object visible; return its etag."""
+
+    @abstractmethod
+    def _cancel(self) -> None:
+        """Discard whatever was sent, if anything."""
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) > self._part_size:
+            self._send_part(bytes(self._buffer[:self._part_size]))
+            del self._buffer[:self._part_size]
+            self.parts += 1
+
+    def commit(self) -> str:
+        last = bytes(self._buffer)
+        etag = self._finish(last) if self.parts else self._driver.write(self._key, last)
+        self._buffer.clear()
+        self.closed = True
+        return etag
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._buffer.clear()
+        with suppress(StorageError):
+            self._cancel()

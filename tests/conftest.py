@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import tenacity
 
-from tests.services import Service, start_moto
+import drivers.base
+import drivers.retry
+from tests.services import AZURITE_ACCOUNTS, Service, start_azurite, start_fake_gcs, start_moto
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +16,27 @@ def moto(tmp_path_factory) -> Service:
     service = start_moto(tmp_path_factory.mktemp("moto"))
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory) -> Service:
+    """One fake-gcs-server for the session; tests make their own buckets in it."""
+    service = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory) -> Service:
+    """One Azurite Blob server for the session, serving both test accounts (``AZURITE_ACCOUNTS``);
+    tests make their own containers."""
+    service = start_azurite(tmp_path_factory.mktemp("azurite"), accounts=AZURITE_ACCOUNTS)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """Retries without sleeping, for tests that run the retry policy to its end."""
+    monkeypatch.setattr(drivers.retry, "_policy", drivers.retry._policy.copy(wait=tenacity.wait_none()))
+    monkeypatch.setattr(drivers.base, "pause", lambda failures: None)

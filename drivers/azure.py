@@ -1,0 +1,262 @@
+"""Objects in an Azure Blob Storage container (or Azurite), via azure-storage-blob.
+
+Keys live under the configured root directory in the container, as block blobs. The SDK's
+retries are off (``retry_total=0``): each call is retried by :func:`drivers.retry.retrying`,
+and every HTTP request the SDK's pipeline sends is counted by one request hook. The account
+key or connection string is handed to the SDK and kept nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+import requests.adapters
+from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
+                                   IncompleteReadError, ServiceRequestError, ServiceResponseError)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
+
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, StorageDriver,
+                          check_key, check_prefix, error_for_status, parse_parameters, token_pages,
+                          without_url_queries)
+from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
+from drivers.retry import retrying
+
+T = TypeVar("T")
+
+MIB = 1024 * 1024
+DEFAULT_CHUNK_SIZE = 8 * MIB
+DEFAULT_MAX_CONCURRENCY = 32
+DEFAULT_REALM = "core.windows.net"
+PAGE_SIZE = 1000
+MAX_BLOCKS = 50_000
+"""Azure's limit of committed blocks per blob: a streamed object holds at most this many chunks."""
+
+PARAMETERS: dict[str, type] = {
+    "accountname": str, "accountkey": str, "container": str, "realm": str, "rootdirectory": str,
+    "connectionstring": str, "endpoint": str, "chunksize": int, "maxconcurrency": int,
+}
+"""Distribution's Azure parameters, plus ``endpoint`` (the account URL, e.g. Azurite's
+``http://127.0.0.1:PORT/ACCOUNT``), ``chunksize`` (the block size of streamed uploads and
+ranged reads) and ``maxconcurrency`` (the size of the HTTP connection pool)."""
+
+MINIMUMS = {"chunksize": MIB, "maxconcurrency": 1}
+
+_BROKEN_CONNECTION = (ServiceRequestError, ServiceResponseError, IncompleteReadError,
+                      requests.ConnectionError, ConnectionError, TimeoutError)
+
+
+def _request_kind(method: str, url: str, headers) -> str:
+    comp = parse_qs(urlsplit(url).query).get("comp", [""])[0]
+    if method == "GET":
+        return "list" if comp in ("list", "blocklist") else "get"
+    if method == "PUT" and "x-ms-copy-source" in {name.lower() for name in headers}:
+        return "copy"
+    return {"HEAD": "head", "DELETE": "delete"}.get(method, "put")
+
+
+def _info(key: str, blob: BlobProperties) -> ObjectInfo:
+    return ObjectInfo(key, blob.size, blob.etag.strip('"'), blob.last_modified.timestamp())
+
+
+def _detail(error: AzureError) -> str:
+    """The service's error code, or the first line of the message without URL queries."""
+    code = getattr(error, "error_code", None)
+    return getattr(code, "value", code) or without_url_queries((str(error).splitlines() or [""])[0])
+
+
+class AzureDriver(StorageDriver):
+    """Objects under ``root`` (``""`` or ``"some/path/"``) in ``container``.
+
+    The container is reached at ``account_url`` with ``credential`` (an account key mapping or
+    a token credential), or through ``connection_string``. ``chunk_size`` is the block size of
+    :meth:`writer` and the range of each read request; ``max_connections`` sizes the HTTP
+    connection pool. Errors as :class:`StorageDriver` states.
+    """
+
+    kind = "azure"
+
+    def __init__(self, container: str, *, account_url: str | None = None, credential: object = None,
+                 connection_string: str | None = None, root: str = "",
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 max_connections: int = DEFAULT_MAX_CONCURRENCY) -> None:
+        super().__init__()
+        self.container = container
+        self.root = root
+        self.chunk_size = chunk_size
+        session = requests.Session()
+        pool = requests.adapters.HTTPAdapter(pool_connections=max_connections,
+                                             pool_maxsize=max_connections)
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, pool)
+        options = {"retry_total": 0, "raw_request_hook": self._count,
+                   "transport": RequestsTransport(session=session),
+                   "max_single_get_size": chunk_size, "max_chunk_get_size": chunk_size,
+                   "max_block_size": chunk_size}
+        if connection_string is not None:
+            self._container = ContainerClient.from_connection_string(connection_string, container,
+                                                                     **options)
+        else:
+            self._container = ContainerClient(account_url, container, credential=credential, **options)
+        self.account = self._container.account_name
+
+    @classmethod
+    def from_config(cls, params: dict) -> AzureDriver:
+        config = parse_parameters(params, PARAMETERS, MINIMUMS)
+        if not config.get("container"):
+            raise ConfigError("container", "is required")
+        options = {"root": config["rootdirectory"],
+                   "chunk_size": config.get("chunksize", DEFAULT_CHUNK_SIZE),
+                   "max_connections": config.get("maxconcurrency", DEFAULT_MAX_CONCURRENCY)}
+        if "connectionstring" in config:
+            return cls._from_connection_string(config, options)
+        if not config.get("accountname"):
+            raise ConfigError("accountname", "is required (or give connectionstring)")
+        account = config["accountname"]
+        if config.get("accountkey"):
+            try:
+                base64.b64decode(config["accountkey"], validate=True)
+            except binascii.Error:
+                raise ConfigError("accountkey", "must be the base64 account key") from None
+            credential = {"account_name": account, "account_key": config["accountkey"]}
+        else:
+            from azure.identity import DefaultAzureCredential
+            credential = DefaultAzureCredential()
+        url = config.get("endpoint") or f"https://{account}.blob.{config.get('realm', DEFAULT_REALM)}"
+        try:
+            return cls(config["container"], account_url=url, credential=credential, **options)
+        except ValueError as error:  # the SDK's word on the URL, e.g. that tokens need https
+            raise ConfigError("endpoint" if "endpoint" in config else "realm", str(error)) from None
+
+    @classmethod
+    def _from_connection_string(cls, config: dict, options: dict) -> AzureDriver:
+        for name in ("accountkey", "endpoint"):
+            if name in config:
+                raise ConfigError(name, "conflicts with connectionstring, which holds it")
+        try:
+            driver = cls(config["container"], connection_string=config["connectionstring"], **options)
+        except ValueError:
+            raise ConfigError("connectionstring", "is malformed") from None
+        if config.get("accountname", driver.account) != driver.account:
+            raise ConfigError("accountname", "differs from the account of connectionstring")
+        return driver
+
+    def describe(self) -> str:
+        return f"azure://{self.account}/{self.container}/{self.root}".rstrip("/")
+
+    def _count(self, request) -> None:
+        http = request.http_request
+        self.requests.add(_request_kind(http.method, http.url, http.headers))
+
+    @contextmanager
+    def _errors(self, operation: str, key: str) -> Iterator[None]:
+        where = f"azure {operation} azure://{self.account}/{self.container}/{self.root}{key}"
+        try:
+            yield
+        except ClientAuthenticationError as error:
+            status = error.status_code or "credentials refused"
+            raise AccessDenied(f"{where}: {status} {_detail(error)}") from None
+        except _BROKEN_CONNECTION as error:
+            raise TransientError(f"{where}: {type(error).__name__}: {_detail(error)}") from None
+        except HttpResponseError as error:
+            status = error.status_code
+            if status is None:  # a response body that broke after the SDK's own re-reads
+                raise TransientError(f"{where}: {_detail(error)}") from None
+            raise error_for_status(status, f"{where}: {status} {_detail(error)}") from None
+        except AzureError as error:
+            raise StorageError(f"{where}: {type(error).__name__}: {_detail(error)}") from None
+
+    def _call(self, operation: str, key: str, call: Callable[[], T]) -> T:
+        """One SDK call about ``key`` (or a prefix), with errors translated and retried."""
+
+        def attempt() -> T:
+            with self._errors(operation, key):
+                return call()
+
+        return retrying(attempt)
+
+    def _blob(self, key: str) -> BlobClient:
+        return self._container.get_blob_client(self.root + key)
+
+    def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        check_prefix(prefix)
+        yield from token_pages(
+            lambda token: self._call("list", prefix, lambda: self._list_page(prefix, token)))
+
+    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+        pages = self._container.list_blobs(name_starts_with=self.root + prefix,
+                                           results_per_page=PAGE_SIZE).by_page(continuation_token=token)
+        page = [_info(blob.name[len(self.root):], blob) for blob in next(pages)]
+        return page, pages.continuation_token
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(key)
+        return _info(key, self._call("stat", key, self._blob(key).get_blob_properties))
+
+    def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
+        blob = self._blob(key)
+        with self._errors("get", key):
+            try:
+                download = blob.download_blob(offset=offset, max_concurrency=1)
+            except HttpResponseError as error:
+                if error.status_code == 416:
+                    return
+                raise
+            for chunk in download.chunks():
+                for start in range(0, len(chunk), CHUNK_SIZE):
+                    yield chunk[start:start + CHUNK_SIZE]
+
+    def write(self, key: str, data: bytes) -> str:
+        check_key(key)
+        blob = self._blob(key)
+        result = self._call("upload", key, lambda: blob.upload_blob(data, overwrite=True))
+        return result["etag"].strip('"')
+
+    def writer(self, key: str) -> ChunkedWriter:
+        return _BlockWriter(self, check_key(key))
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        blob = self._blob(key)
+        with suppress(NotFound):
+            self._call("delete", key, lambda: blob.delete_blob(delete_snapshots="include"))
+
+
+class _BlockWriter(PartWriter):
+    """Parts are staged blocks, committed as the block list with the last.
+
+    Block ids carry a per-writer prefix, so writers to the same key do not mix blocks. An
+    aborted writer's blocks are never committed: nothing is visible, and Azure discards
+    uncommitted blocks after a week.
+    """
+
+    def __init__(self, driver: AzureDriver, key: str) -> None:
+        super().__init__(driver, key, driver.chunk_size)
+        self._azure = driver
+        self._blob = driver._blob(key)
+        self._prefix = uuid.uuid4().hex
+        self._blocks: list[str] = []
+
+    def _send_part(self, part: bytes) -> None:
+        if len(self._blocks) == MAX_BLOCKS:
+            raise StorageError(f"azure stage_block {self._azure.describe()}/{self._key}: more than "
+                               f"{MAX_BLOCKS} blocks of {self._azure.chunk_size} bytes")
+        block_id = base64.b64encode(f"{self._prefix}-{len(self._blocks):05d}".encode()).decode()
+        self._azure._call("stage_block", self._key, lambda: self._blob.stage_block(block_id, part))
+        self._blocks.append(block_id)
+
+    def _finish(self, last: bytes) -> str:
+        self._send_part(last)
+        result = self._azure._call("commit_block_list", self._key,
+                                   lambda: self._blob.commit_block_list(self._blocks))
+        return result["etag"].strip('"')
+
+    def _cancel(self) -> None:
+        """Nothing to do: uncommitted blocks are invisible and expire."""

@@ -1,0 +1,172 @@
+import base64
+import uuid
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from drivers.azure import AzureDriver
+from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
+from drivers.retry import ATTEMPTS
+from tests.conformance import MIB, DriverConformance, assert_config_error, listed, requests_sent
+from tests.services import AZURITE_DEV_ACCOUNT, AZURITE_SECOND_ACCOUNT, free_port
+
+SECRET_KEY = base64.b64encode(b"SECRET-ACCOUNT-KEY-" + bytes(range(45))).decode()
+
+
+def connection_string(url: str, account: tuple[str, str]) -> str:
+    name, key = account
+    return (f"DefaultEndpointsProtocol=http;AccountName={name};AccountKey={key};"
+            f"BlobEndpoint={url}/{name};")
+
+
+@pytest.fixture(scope="session")
+def blobs(azurite):
+    """A raw client on Azurite's dev account, for setting up and inspecting containers."""
+    return BlobServiceClient.from_connection_string(connection_string(azurite.url, AZURITE_DEV_ACCOUNT))
+
+
+@pytest.fixture
+def container(blobs):
+    name = f"test-{uuid.uuid4().hex}"
+    blobs.create_container(name)
+    return name
+
+
+@pytest.fixture
+def config(azurite, container):
+    name, key = AZURITE_DEV_ACCOUNT
+    return {"accountname": name, "accountkey": key, "container": container,
+            "endpoint": f"{azurite.url}/{name}", "chunksize": MIB}
+
+
+class TestAzure(DriverConformance):
+    @pytest.fixture
+    def driver(self, config):
+        return AzureDriver.from_config({**config, "rootdirectory": "/conformance/"})
+
+
+def test_from_config_accepts_distribution_keys(config):
+    driver = AzureDriver.from_config({**config, "realm": "core.windows.net", "rootdirectory": "/registry",
+                                      "chunksize": str(2 * MIB), "maxconcurrency": 8})
+    assert driver.describe() == f"azure://{config['accountname']}/{config['container']}/registry"
+    assert driver.chunk_size == 2 * MIB
+    del config["endpoint"]
+    assert AzureDriver.from_config({**config, "realm": "example.net"})._container.url == \
+        f"https://{config['accountname']}.blob.example.net/{config['container']}"
+
+
+def test_default_azure_credential_without_a_key(config):
+    from azure.identity import DefaultAzureCredential
+
+    del config["accountkey"]
+    assert_config_error(AzureDriver, config, "endpoint")
+    driver = AzureDriver.from_config({**config, "endpoint": "https://127.0.0.1:1/devstoreaccount1"})
+    assert isinstance(driver._container.credential, DefaultAzureCredential)
+
+
+def test_connection_string_and_second_account(azurite, container):
+    for name, key in (AZURITE_DEV_ACCOUNT, AZURITE_SECOND_ACCOUNT):
+        params = {"connectionstring": connection_string(azurite.url, (name, key)), "accountname": name,
+                  "container": f"cs-{container}"}
+        service = BlobServiceClient.from_connection_string(params["connectionstring"])
+        service.create_container(params["container"])
+        driver = AzureDriver.from_config(params)
+        assert driver.describe() == f"azure://{name}/cs-{container}"
+        driver.write("key", name.encode())
+        assert driver.read("key") == name.encode()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"container": None}, "container"),
+    ({"container": ""}, "container"),
+    ({"accountname": None}, "accountname"),
+    ({"bogus": 1}, "bogus"),
+    ({"chunksize": 1024}, "chunksize"),
+    ({"chunksize": "big"}, "chunksize"),
+    ({"maxconcurrency": 0}, "maxconcurrency"),
+    ({"realm": 5}, "realm"),
+    ({"rootdirectory": "a/../b"}, "rootdirectory"),
+    ({"accountkey": "not base64!"}, "accountkey"),
+    ({"connectionstring": "AccountName=x;AccountKey=y"}, "accountkey"),
+    ({"connectionstring": "AccountName=x;AccountKey=y", "accountkey": None}, "endpoint"),
+    ({"connectionstring": "garbage", "accountkey": None, "endpoint": None}, "connectionstring"),
+])
+def test_from_config_errors_name_the_key(config, change, field):
+    params = {key: value for key, value in {**config, **change}.items() if value is not None}
+    assert_config_error(AzureDriver, params, field)
+
+
+def test_accountname_must_match_the_connection_string(azurite, container):
+    params = {"connectionstring": connection_string(azurite.url, AZURITE_DEV_ACCOUNT),
+              "accountname": "someoneelse", "container": container}
+    assert_config_error(AzureDriver, params, "accountname")
+
+
+def test_secrets_never_appear_in_descriptions_or_errors(azurite, config, no_backoff):
+    wrong_key = AzureDriver.from_config({**config, "accountkey": SECRET_KEY})
+    with pytest.raises(AccessDenied) as denied:
+        wrong_key.stat("key")
+    dead = connection_string(f"http://127.0.0.1:{free_port()}", (config["accountname"], SECRET_KEY))
+    unreachable = AzureDriver.from_config({"connectionstring": dead, "container": config["container"]})
+    with pytest.raises(TransientError) as broken:
+        unreachable.write("key", b"x")
+    with pytest.raises(ConfigError) as bad_config:
+        AzureDriver.from_config({"connectionstring": dead + "Bogus", "container": "c"})
+    assert bad_config.value.field == "connectionstring"
+    texts = [wrong_key.describe(), repr(wrong_key), unreachable.describe(), repr(unreachable),
+             str(denied.value), str(broken.value), str(bad_config.value)]
+    assert not [text for text in texts if SECRET_KEY in text or SECRET_KEY[:20] in text]
+
+
+def test_rootdirectory_puts_keys_under_it(blobs, config):
+    driver = AzureDriver.from_config({**config, "rootdirectory": "/registry"})
+    driver.write("docker/registry/v2/blobs/data", b"x")
+    raw = blobs.get_container_client(config["container"]).list_blob_names()
+    assert list(raw) == ["registry/docker/registry/v2/blobs/data"]
+    assert listed(driver) == ["docker/registry/v2/blobs/data"]
+    assert AzureDriver.from_config(config).stat("registry/docker/registry/v2/blobs/data").size == 1
+
+
+def test_aborted_writers_commit_nothing(blobs, config):
+    driver = AzureDriver.from_config(config)
+    writer = driver.writer("aborted")
+    writer.write(b"x" * (3 * MIB))
+    assert requests_sent(driver, writer.abort) == {}
+    with pytest.raises(RuntimeError), driver.writer("broken") as broken:
+        broken.write(b"x" * (3 * MIB))
+        raise RuntimeError("source broke")
+    raw = blobs.get_container_client(config["container"])
+    assert list(raw.list_blob_names()) == []
+    for key in ("aborted", "broken"):
+        with pytest.raises(NotFound):
+            driver.stat(key)
+
+
+def test_blocks_count_as_puts_and_reads_go_by_chunk(config):
+    driver = AzureDriver.from_config(config)
+    data = b"x" * (3 * MIB + MIB // 2)
+
+    def upload():
+        with driver.writer("big") as writer:
+            writer.write(data)
+            writer.commit()
+
+    assert requests_sent(driver, upload) == {"put": 5}
+    assert requests_sent(driver, lambda: driver.read("big", limit=len(data))) == {"get": 4}
+    assert requests_sent(driver, lambda: driver.writer("small").commit()) == {"put": 1}
+    assert requests_sent(driver, lambda: driver.read("small")) == {"get": 1}
+
+
+def test_connection_errors_are_retried_then_transient(config, no_backoff):
+    driver = AzureDriver.from_config({**config, "endpoint": f"http://127.0.0.1:{free_port()}/account"})
+    with pytest.raises(TransientError, match="stat"):
+        driver.stat("key")
+    assert driver.requests.snapshot()["head"] == ATTEMPTS
+
+
+def test_missing_container_is_not_found(config):
+    driver = AzureDriver.from_config({**config, "container": f"missing-{uuid.uuid4().hex}"})
+    with pytest.raises(NotFound):
+        list(driver.list())
+    with pytest.raises(StorageError):
+        driver.write("key", b"x")
