@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from replicator.engine import RunOptions, run_policy
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
 from replicator.service import Service
+from replicator.sharding import Shard, parse_shard
 from replicator.status import destination_statuses, status_text
 from replicator.verify import verify_policy
 from replicator.web import WebServer
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="run one replication pass of every policy (or one)")
     _config_argument(sync)
     sync.add_argument("--policy", help="run only the policy with this name")
+    _shard_argument(sync)
     sync.add_argument("--dry-run", action="store_true",
                       help="print what would be copied, written and deleted; write nothing")
     sync.add_argument("--json", action="store_true", help="print one JSON document")
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run policies on their schedules, take push notifications, serve metrics")
     _config_argument(serve)
+    _shard_argument(serve)
 
     status = commands.add_parser(
         "status", help="show lag, pending and failing tags per destination (from the state store)")
@@ -86,6 +90,16 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
                         help="configuration file (default: $REPLICATOR_CONFIG)")
 
 
+def _shard_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard", default="0/1", metavar="INDEX/COUNT",
+                        help="own only this shard's repositories (INDEX may be 'auto': the "
+                             "StatefulSet ordinal ending the hostname); default 0/1")
+
+
+def _shard(args: argparse.Namespace) -> Shard:
+    return parse_shard(args.shard, socket.gethostname())
+
+
 def _load_config(args: argparse.Namespace) -> config_module.Config:
     if not args.config:
         raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
@@ -109,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
-    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit)
+    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit,
+                         shard=_shard(args))
     started = time.monotonic()
     reports: list[PassReport] = []
     errors: list[str] = []
@@ -155,8 +170,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load_config(args)
+    shard = _shard(args)
     state = StateStore(config.state_path)
-    service = Service(config, state)
+    service = Service(config, state, shard)
     try:
         server = WebServer(service, config.server.host, config.server.port)
     except OSError as error:

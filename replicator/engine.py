@@ -33,6 +33,7 @@ from replicator.manifests import Manifest, ManifestError, parse_manifest
 from replicator.planner import TagPlan, plan_tag
 from replicator.purging import purge_urls, send_purges
 from replicator.report import PassReport
+from replicator.sharding import Shard
 from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class RunOptions:
     ``audit`` re-reads every link and re-plans every tag, trusting no cached state.
     ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time;
     ``None`` retries every failing tag now. ``stop``, once set, makes the pass start no
-    further tag (tags under way finish).
+    further tag (tags under way finish). ``shard`` limits the pass to the repositories it owns.
     """
 
     concurrency: int = 8
@@ -67,6 +68,7 @@ class RunOptions:
     audit: bool = False
     backoff: tuple[float, float] | None = None
     stop: threading.Event | None = None
+    shard: Shard = Shard()
 
 
 class SourceReader:
@@ -278,7 +280,8 @@ class DestinationPass:
 
     def _delete_removed_tags(self) -> None:
         for name, tag in sorted(self.inventory.tags):
-            if (name, tag) in self.source_tags or not policy_selects(self.policy, name, tag):
+            if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
+                    or not self.options.shard.owns(name)):
                 continue
             keys = [layout.tag_current_key(name, tag), *self.inventory.tag_index_keys.get((name, tag), [])]
             try:
@@ -314,7 +317,8 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     """
     source_storage = config.regions[policy.source].storage
     inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
-    tags = {key: inventory.tags[key] for key in sorted(inventory.tags) if policy_selects(policy, *key)}
+    tags = {key: inventory.tags[key] for key in sorted(inventory.tags)
+            if policy_selects(policy, *key) and options.shard.owns(key[0])}
     source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
                                                    options.audit))
     return [DestinationPass(policy, source, tags, config.regions[name], state, options,

@@ -28,6 +28,7 @@ from replicator.metrics import Metrics
 from replicator.notifications import TRIGGERS, Event
 from replicator.purging import recover_purges, send_purges
 from replicator.report import PassReport
+from replicator.sharding import Shard
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ DEBOUNCE_MAX_FACTOR = 10
 
 
 class Service:
-    def __init__(self, config: Config, state: StateStore):
+    def __init__(self, config: Config, state: StateStore, shard: Shard = Shard()):
         self.config = config
         self.state = state
+        self.shard = shard
         self.metrics = Metrics(config, state)
         self.stopping = threading.Event()
         self._locks = {policy.name: threading.Lock() for policy in config.policies}
@@ -87,7 +89,7 @@ class Service:
                 return []
             audit = repository is None and self._audit_due(policy)
             options = RunOptions(concurrency=self.config.concurrency, audit=audit,
-                                 backoff=RETRY_BACKOFF, stop=self.stopping)
+                                 backoff=RETRY_BACKOFF, stop=self.stopping, shard=self.shard)
             started = time.monotonic()
             try:
                 reports = run_policy(self.config, policy, self.state, options, repository)
@@ -112,11 +114,12 @@ class Service:
 
     def receive(self, region: str, events: list[Event]) -> int:
         """Take a validated envelope's events for ``region``; returns how many triggered a
-        targeted pass. Pull and mount events are counted and otherwise ignored."""
+        targeted pass. Pull and mount events, and events for repositories another shard owns,
+        are counted and otherwise ignored."""
         triggered = 0
         for event in events:
             self.metrics.events.labels(region, event.action).inc()
-            if event.action not in TRIGGERS:
+            if event.action not in TRIGGERS or not self.shard.owns(event.repository):
                 continue
             for policy in self.config.policies:
                 if policy.source != region or not selected(policy.repositories, event.repository):
