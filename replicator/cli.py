@@ -18,8 +18,9 @@ from pathlib import Path
 
 from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
-from replicator import demo
+from replicator import demo, logs
 from replicator.engine import RunOptions, run_policy
+from replicator.progress import Progress
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
 from replicator.service import Service
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity on stderr (default: warning)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text lines, or one JSON object per line with policy, destination, "
+                             "repository, tag and digest fields (default: text)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sync = commands.add_parser("sync", help="run one replication pass of every policy (or one)")
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true",
                       help="print what would be copied, written and deleted; write nothing")
     sync.add_argument("--json", action="store_true", help="print one JSON document")
+    sync.add_argument("--quiet", action="store_true",
+                      help="no progress display (there is none anyway when stderr is not a terminal)")
     sync.add_argument("--audit", action="store_true",
                       help="re-read every link and re-check every tag's content at the "
                            "destinations, trusting no cached state (repairs drift)")
@@ -108,8 +114,7 @@ def _load_config(args: argparse.Namespace) -> config_module.Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "demo":
             return demo.run(args.workdir)
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit,
-                         shard=_shard(args))
+                         shard=_shard(args), on_pass=progress.start_pass if progress else None)
     started = time.monotonic()
     reports: list[PassReport] = []
     errors: list[str] = []
@@ -139,6 +145,8 @@ def _sync(args: argparse.Namespace) -> int:
                 errors.append(f"policy {policy.name}: {error}")
     finally:
         state.close()
+        if progress is not None:
+            progress.close()
     duration = time.monotonic() - started
     requests = {name: region.storage.requests.snapshot() for name, region in config.regions.items()}
     if args.json:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +61,7 @@ class RunOptions:
     ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time;
     ``None`` retries every failing tag now. ``stop``, once set, makes the pass start no
     further tag (tags under way finish). ``shard`` limits the pass to the repositories it owns.
+    ``on_pass`` is called as each destination's pass starts, with its report and tags.
     """
 
     concurrency: int = 8
@@ -69,6 +70,7 @@ class RunOptions:
     backoff: tuple[float, float] | None = None
     stop: threading.Event | None = None
     shard: Shard = Shard()
+    on_pass: Callable[[PassReport, list[tuple[str, str]]], None] | None = None
 
 
 class SourceReader:
@@ -138,6 +140,8 @@ class DestinationPass:
         self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
                               self.options.audit)
         self.failing = self.state.failures(self.policy.name, self.destination_name)
+        if self.options.on_pass is not None:
+            self.options.on_pass(self.report, list(self.source_tags))
         workers = self.options.concurrency
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
@@ -174,7 +178,7 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             if digest == current and not self.options.audit:
-                self._done(name, tag, changed=False)
+                self._done(name, tag, False, digest)
                 return
             tree = self.source.manifest_tree(digest)
             plan = plan_tag(name, tag, digest, tree, self._present_blobs(tree),
@@ -184,17 +188,25 @@ class DestinationPass:
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         else:
-            self._done(name, tag, changed=not plan.empty)
+            self._done(name, tag, not plan.empty, digest)
 
-    def _done(self, name: str, tag: str, changed: bool) -> None:
+    def _fields(self, name: str, tag: str, digest: str) -> dict:
+        return {"policy": self.policy.name, "source": self.policy.source,
+                "destination": self.destination_name, "repository": name, "tag": tag, "digest": digest}
+
+    def _done(self, name: str, tag: str, changed: bool, digest: str) -> None:
         self.report.count("tags_replicated" if changed else "tags_unchanged")
+        if changed:
+            log.info("replicated %s:%s (%s) to %s", name, tag, digest, self.destination_name,
+                     extra=self._fields(name, tag, digest))
         with self._lock:
             self.in_sync.add((name, tag))
         if (name, tag) in self.failing and not self.options.dry_run:
             self.state.clear_failure(self.policy.name, self.destination_name, name, tag)
 
     def _failed(self, name: str, tag: str, digest: str, error: Exception) -> None:
-        log.warning("%s:%s -> %s failed: %s", name, tag, self.destination_name, error)
+        log.warning("%s:%s -> %s failed: %s", name, tag, self.destination_name, error,
+                    extra=self._fields(name, tag, digest))
         self.report.fail(name, tag, str(error), error_kind(error))
         if not self.options.dry_run:
             self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,

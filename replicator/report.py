@@ -94,7 +94,7 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
             f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
             f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
-            f"({_size(report.bytes_copied)}), {report.blobs_present} already present"
+            f"({human_size(report.bytes_copied)}), {report.blobs_present} already present"
             + (f"; {report.purges_sent} CDN purges sent, {report.purges_retrying + report.purges_failed} "
                f"not accepted yet" if report.purges_sent or report.purges_retrying
                or report.purges_failed else ""))
@@ -106,7 +106,7 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     value = n / 1024

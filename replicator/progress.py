@@ -1,0 +1,63 @@
+"""A one-line progress display for ``sync`` on a terminal: tags, blobs, bytes, rate, ETA."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TextIO
+
+from replicator.report import PassReport, human_size
+
+REFRESH = 0.5
+
+
+class Progress:
+    """Redraws the current pass's line every ``REFRESH`` seconds until :meth:`close`."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self._lock = threading.Lock()
+        self._report: PassReport | None = None
+        self._total = 0
+        self._repositories = 0
+        self._started = time.monotonic()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+
+    def start_pass(self, report: PassReport, tags: list[tuple[str, str]]) -> None:
+        with self._lock:
+            if self._report is not None:
+                self._draw(final=True)
+            self._report, self._total = report, len(tags)
+            self._repositories = len({name for name, _ in tags})
+            self._started = time.monotonic()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+        with self._lock:
+            if self._report is not None:
+                self._draw(final=True)
+
+    def _run(self) -> None:
+        while not self._closed.wait(REFRESH):
+            with self._lock:
+                if self._report is not None:
+                    self._draw(final=False)
+
+    def _draw(self, final: bool) -> None:
+        report = self._report
+        counts = report.counts()
+        done = counts["tags_replicated"] + counts["tags_unchanged"] + counts["tags_failed"]
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = counts["bytes_copied"] / elapsed
+        eta = (self._total - done) * elapsed / done if done else None
+        line = (f"{report.policy} -> {report.destination}: {done}/{self._total} tags of "
+                f"{self._repositories} repositories, {counts['blobs_copied']} blobs, "
+                f"{human_size(counts['bytes_copied'])} ({human_size(int(rate))}/s)"
+                + ("" if final or eta is None else f", ETA {eta:.0f}s"))
+        self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        self.stream.flush()
+        if final:
+            self._report = None
