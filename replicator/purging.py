@@ -9,13 +9,14 @@ ready at the next start: a purge is sent at least once after its tag moved, neve
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
 from drivers.cdn.base import PurgeError
 from replicator.config import Region
-from state.store import StateStore
+from state.store import PurgeItem, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ class PurgeOutcome:
     retrying: int = 0
     failed: int = 0
     errors: tuple[str, ...] = ()
+
+
+def batch_id(items: list[PurgeItem]) -> str:
+    """Names exactly these changes: the same for a retry, different once any URL changed again."""
+    text = "\n".join(sorted(f"{item.generation} {item.url}" for item in items))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def recover_purges(regions: dict[str, Region], state: StateStore) -> None:
@@ -63,7 +70,7 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
         batch = items[start:start + purger.batch_size]
         urls = [item.url for item in batch]
         try:
-            purger.purge(urls)
+            purger.purge(urls, batch_id(batch))
         except PurgeError as error:
             attempts = max(item.attempts for item in batch) + 1
             wait = min(BACKOFF[1], BACKOFF[0] * 2 ** (attempts - 1)) if error.retryable else BACKOFF[1]
@@ -77,7 +84,7 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
             else:
                 outcome.failed += len(urls)
         else:
-            state.purges_done(region.name, urls)
+            state.purges_done(batch)
             outcome.sent += len(urls)
     outcome.errors = tuple(errors)
     return outcome

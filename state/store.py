@@ -53,17 +53,21 @@ def _initial(db: sqlite_utils.Database) -> None:
 @migrations(name="0002_purge_queue")
 def _purge_queue(db: sqlite_utils.Database) -> None:
     db["purges"].create({"destination": str, "url": str, "ready": int, "attempts": int,
-                         "created": float, "next_try": float, "error": str},
+                         "created": float, "next_try": float, "error": str, "generation": int},
                         pk=("destination", "url"))
 
 
 @dataclass(frozen=True)
 class PurgeItem:
+    """``generation`` counts the changes this URL was enqueued for; with the URL it names one
+    change, so a retry of the same change can be told from a later one."""
+
     destination: str
     url: str
     attempts: int
     created: float
     error: str
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -243,8 +247,9 @@ class StateStore:
         now = time.time() if now is None else now
         with self._lock, self.db.conn:
             self.db.conn.executemany(
-                "insert into purges (destination, url, ready, attempts, created, next_try, error) "
-                "values (?, ?, 0, 0, ?, ?, '') on conflict do update set ready = 0",
+                "insert into purges (destination, url, ready, attempts, created, next_try, error, "
+                "generation) values (?, ?, 0, 0, ?, ?, '', 1) "
+                "on conflict do update set ready = 0, generation = generation + 1",
                 [(destination, url, now, now) for url in urls])
 
     def ready_purges(self, destination: str, urls: list[str] | None = None) -> None:
@@ -259,15 +264,17 @@ class StateStore:
     def due_purges(self, destination: str, now: float | None = None) -> list[PurgeItem]:
         now = time.time() if now is None else now
         with self._lock:
-            rows = self.db.query("select destination, url, attempts, created, error from purges where "
-                                 "destination = ? and ready = 1 and next_try <= ? order by created, url",
+            rows = self.db.query("select destination, url, attempts, created, error, generation from purges "
+                                 "where destination = ? and ready = 1 and next_try <= ? order by created, url",
                                  [destination, now])
             return [PurgeItem(**row) for row in rows]
 
-    def purges_done(self, destination: str, urls: list[str]) -> None:
+    def purges_done(self, items: list[PurgeItem]) -> None:
+        """Forget purges the provider accepted, unless their URL was enqueued again since."""
         with self._lock, self.db.conn:
-            self.db.conn.executemany("delete from purges where destination = ? and url = ? and ready = 1",
-                                     [(destination, url) for url in urls])
+            self.db.conn.executemany(
+                "delete from purges where destination = ? and url = ? and generation = ?",
+                [(item.destination, item.url, item.generation) for item in items])
 
     def purges_failed(self, destination: str, urls: list[str], error: str, next_try: float) -> None:
         with self._lock, self.db.conn:
@@ -279,6 +286,6 @@ class StateStore:
     def outstanding_purges(self, destination: str) -> list[PurgeItem]:
         """Every purge not yet accepted by the provider, oldest first."""
         with self._lock:
-            rows = self.db.query("select destination, url, attempts, created, error from purges "
+            rows = self.db.query("select destination, url, attempts, created, error, generation from purges "
                                  "where destination = ? order by created, url", [destination])
             return [PurgeItem(**row) for row in rows]

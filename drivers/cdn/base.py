@@ -53,5 +53,11 @@ class Purger(ABC):
         """A human-readable target such as ``cloudfront:E123ABC``; never contains secrets."""
 
     @abstractmethod
-    def purge(self, urls: list[str]) -> None:
-        """Invalidate every URL of the batch (at most ``batch_size``). Raises ``PurgeError``."""
+    def purge(self, urls: list[str], batch_id: str | None = None) -> None:
+        """Invalidate every URL of the batch (at most ``batch_size``). Raises ``PurgeError``.
+
+        ``batch_id`` names this batch of changes: a retry of the same batch passes the same id,
+        a batch for a later change a new one. Providers that deduplicate requests (CloudFront's
+        CallerReference) use it so that a retry after a lost answer costs nothing; ``None``
+        means "treat as new".
+        """
