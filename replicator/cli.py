@@ -158,7 +158,7 @@ def _sync(args: argparse.Namespace) -> int:
         print(run_text(reports, duration, args.dry_run))
     for error in errors:
         print(f"replicator: {error}", file=sys.stderr)
-    failed = errors or any(report.tags_failed for report in reports)
+    failed = errors or not all(report.ok for report in reports)
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -324,8 +324,9 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     """Run one pass of ``policy`` into each of its destinations, one after the other;
     with ``repository``, a targeted pass over that repository only.
 
-    Raises ``StorageError`` only when a region cannot be listed at all; per-tag problems
-    are in the reports (and the state store).
+    Raises ``StorageError`` when the source cannot be listed. A destination that cannot be
+    listed gets a report with ``error`` set; the other destinations still get their pass.
+    Per-tag problems are in the reports (and the state store).
     """
     source_storage = config.regions[policy.source].storage
     inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
@@ -333,6 +334,15 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
             if policy_selects(policy, *key) and options.shard.owns(key[0])}
     source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
                                                    options.audit))
-    return [DestinationPass(policy, source, tags, config.regions[name], state, options,
-                            repository).run()
-            for name in policy.destinations]
+    reports = []
+    for name in policy.destinations:
+        destination_pass = DestinationPass(policy, source, tags, config.regions[name], state,
+                                           options, repository)
+        try:
+            reports.append(destination_pass.run())
+        except StorageError as error:
+            log.error("pass of policy %s into %s failed: %s", policy.name, name, error,
+                      extra={"policy": policy.name, "destination": name})
+            destination_pass.report.error = str(error)
+            reports.append(destination_pass.report)
+    return reports

@@ -30,6 +30,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
+SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "google", "apscheduler")
+"""Cloud SDK loggers stay at WARNING even at --log-level debug: their debug output carries
+request headers and signatures."""
+
+
 def configure(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -37,3 +42,5 @@ def configure(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

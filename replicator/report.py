@@ -37,8 +37,14 @@ class PassReport:
     purges_retrying: int = 0
     purges_failed: int = 0
     failures: list[Failure] = field(default_factory=list)
+    error: str | None = None
+    """Set when the pass could not run at all (the destination could not be listed)."""
     planned: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.tags_failed == 0
 
     def count(self, counter: str, n: int = 1) -> None:
         if counter not in COUNTERS:
@@ -64,6 +70,7 @@ class PassReport:
         result.update(self.counts())
         result["failures"] = [asdict(failure) for failure in
                               sorted(self.failures, key=lambda f: (f.repository, f.tag))]
+        result["error"] = self.error
         if dry_run:
             result["planned"] = self.planned
         return result
@@ -75,7 +82,7 @@ def run_document(reports: list[PassReport], errors: list[str],
     """The ``--json`` document of a ``sync`` run; ``errors`` are whole-pass failures,
     ``requests`` storage requests and ``cdn_calls`` CDN API calls, by region."""
     return {
-        "ok": not errors and all(report.tags_failed == 0 for report in reports),
+        "ok": not errors and all(report.ok for report in reports),
         "dry_run": dry_run,
         "errors": errors,
         "duration_seconds": round(duration, 3),
@@ -89,6 +96,9 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
     """A short human summary of a ``sync`` run."""
     lines = []
     for report in reports:
+        if report.error is not None:
+            lines.append(f"{report.policy}: {report.source} -> {report.destination}: ERROR {report.error}")
+            continue
         lines.append(
             f"{report.policy}: {report.source} -> {report.destination}: "
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
