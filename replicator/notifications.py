@@ -55,14 +55,16 @@ def _event(item: object, index: int, now: float) -> Event:
     if action not in ACTIONS:
         raise EnvelopeError(f"{where}.action must be one of {', '.join(sorted(ACTIONS))}")
     target = item["target"]
+    repository, tag = target.get("repository"), target.get("tag") or ""
+    if not isinstance(repository, str) or not isinstance(tag, str):
+        raise EnvelopeError(f"{where}.target: repository and tag must be strings")
     try:
-        repository = layout.check_name(str(target.get("repository", "")))
-        tag = target.get("tag") or ""
+        layout.check_name(repository)
         if tag:
-            layout.check_tag(str(tag))
+            layout.check_tag(tag)
     except layout.LayoutError as error:
         raise EnvelopeError(f"{where}.target: {error}") from None
-    return Event(action, repository, str(tag), _timestamp(item.get("timestamp"), now))
+    return Event(action, repository, tag, _timestamp(item.get("timestamp"), now))
 
 
 def _timestamp(value: object, now: float) -> float:

@@ -34,6 +34,7 @@ from state.store import StateStore
 log = logging.getLogger(__name__)
 
 PURGE_RETRY_INTERVAL = 15.0
+READINESS_INTERVAL = 10.0
 DEBOUNCE_MAX_FACTOR = 10
 """A burst of events waits at most this many debounce windows."""
 
@@ -45,6 +46,7 @@ class Service:
         self.shard = shard
         self.metrics = Metrics(config, state)
         self.stopping = threading.Event()
+        self.readiness: dict[str, str] = {name: "not checked yet" for name in config.regions}
         self._locks = {policy.name: threading.Lock() for policy in config.policies}
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         quiet = config.server.debounce
@@ -65,6 +67,8 @@ class Service:
                                     next_run_time=first)
         self._scheduler.add_job(self.retry_purges, IntervalTrigger(seconds=PURGE_RETRY_INTERVAL),
                                 id="purges", max_instances=1, coalesce=True)
+        self._scheduler.add_job(self.check_readiness, IntervalTrigger(seconds=READINESS_INTERVAL),
+                                id="readiness", max_instances=1, coalesce=True, next_run_time=now)
         self._scheduler.start()
         self._events.start()
 
@@ -133,8 +137,9 @@ class Service:
                 triggered += 1
         return triggered
 
-    def readiness(self) -> dict[str, str]:
-        """Each region's storage: ``"ok"`` or the error a one-page listing met."""
+    def check_readiness(self) -> None:
+        """List one page of each region's storage; ``readiness`` then says ``"ok"`` or the error
+        per region. Runs at start and every ``READINESS_INTERVAL`` so that probes answer at once."""
         result = {}
         for name, region in self.config.regions.items():
             try:
@@ -142,4 +147,4 @@ class Service:
                 result[name] = "ok"
             except StorageError as error:
                 result[name] = f"unreachable: {error}"
-        return result
+        self.readiness = result

@@ -4,6 +4,7 @@ The webhook answers fast: it validates the whole envelope (size, content type, t
 shape) before anything is queued, so a rejected request changes nothing.
 
     401  webhook_token configured and ``Authorization: Bearer <token>`` missing or wrong
+         (checked first, in constant time, so region names are not revealed)
     404  unknown path or region
     411  no Content-Length
     413  body over 1 MiB
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,12 +33,23 @@ from replicator.service import Service
 log = logging.getLogger(__name__)
 
 
+DISCARD_LIMIT = 8 * MAX_BODY
+"""An oversized body up to this size is read and dropped so the client sees the 413."""
+
+
 class WebServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, service: Service, host: str, port: int):
         self.service = service
         super().__init__((host, port), _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away: %s", client_address, error)
+        else:
+            log.exception("error while answering %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/healthz":
             self._json(200, {"status": "alive"})
         elif self.path == "/readyz":
-            regions = service.readiness()
+            regions = service.readiness
             ready = all(value == "ok" for value in regions.values()) and not service.stopping.is_set()
             self._json(200 if ready else 503, {"ready": ready, "regions": regions})
         else:
@@ -61,21 +74,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         service = self.server.service
-        prefix = "/events/"
-        region = self.path[len(prefix):] if self.path.startswith(prefix) else None
-        if region not in service.config.regions:
-            self._json(404, {"error": "unknown region" if region is not None else "not found"})
-            return
         token = service.config.server.webhook_token
         supplied = self.headers.get("Authorization", "")
         if token is not None and not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
             self._json(401, {"error": "missing or wrong bearer token"})
+            return
+        prefix = "/events/"
+        region = self.path[len(prefix):] if self.path.startswith(prefix) else None
+        if region not in service.config.regions:
+            self._json(404, {"error": "unknown region" if region is not None else "not found"})
             return
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             self._json(411, {"error": "Content-Length required"})
             return
         if int(length) > MAX_BODY:
+            self._discard(int(length))
             self._json(413, {"error": f"body over {MAX_BODY} bytes"})
             return
         body = self.rfile.read(int(length))
@@ -89,6 +103,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": str(error)})
             return
         self._json(200, {"accepted": len(events), "triggered": service.receive(region, events)})
+
+    def _discard(self, length: int) -> None:
+        if length > DISCARD_LIMIT:
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 65536))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _json(self, status: int, document: dict) -> None:
         self._send(status, json.dumps(document).encode(), "application/json")

@@ -57,6 +57,11 @@ def _purge_queue(db: sqlite_utils.Database) -> None:
                         pk=("destination", "url"))
 
 
+@migrations(name="0003_pending_noted")
+def _pending_noted(db: sqlite_utils.Database) -> None:
+    db["pending"].add_column("noted", float, not_null_default=0.0)
+
+
 @dataclass(frozen=True)
 class PurgeItem:
     """``generation`` counts the changes this URL was enqueued for; with the URL it names one
@@ -216,25 +221,29 @@ class StateStore:
             return {(row["repository"], row["tag"]): FailureRecord(**row) for row in rows}
 
     def replace_pending(self, policy: str, destination: str, pending: dict[tuple[str, str], float],
-                        repository: str | None = None) -> None:
+                        started: float, repository: str | None = None) -> None:
         """Make ``pending`` ((repository, tag) -> since) the policy's pending set for the
-        destination: the whole set, or only ``repository``'s part of it."""
-        scope = "policy = ? and destination = ?" + (" and repository = ?" if repository else "")
-        params = [policy, destination] + ([repository] if repository else [])
+        destination, as a pass that listed the source at ``started`` saw it: the whole set, or
+        only ``repository``'s part. Rows noted after ``started`` (events that arrived while the
+        pass ran) are kept: the pass may not have seen their change."""
+        scope = "policy = ? and destination = ? and noted < ?" + (" and repository = ?" if repository else "")
+        params = [policy, destination, started] + ([repository] if repository else [])
         with self._lock, self.db.conn:
             self.db.execute(f"delete from pending where {scope}", params)
-            self.db["pending"].insert_all(
-                [{"policy": policy, "destination": destination, "repository": name, "tag": tag,
-                  "since": since} for (name, tag), since in pending.items()])
+            self.db.conn.executemany(
+                "insert into pending (policy, destination, repository, tag, since, noted) "
+                "values (?, ?, ?, ?, ?, ?) on conflict do update set since = min(since, excluded.since)",
+                [(policy, destination, name, tag, since, started) for (name, tag), since in pending.items()])
 
     def add_pending(self, policy: str, destination: str, repository: str, tag: str,
                     since: float) -> None:
         """Record a change known at the source (keeping the earliest time if already pending)."""
         with self._lock, self.db.conn:
             self.db.execute(
-                "insert into pending (policy, destination, repository, tag, since) values (?, ?, ?, ?, ?) "
-                "on conflict do update set since = min(since, excluded.since)",
-                [policy, destination, repository, tag, since])
+                "insert into pending (policy, destination, repository, tag, since, noted) "
+                "values (?, ?, ?, ?, ?, ?) "
+                "on conflict do update set since = min(since, excluded.since), noted = excluded.noted",
+                [policy, destination, repository, tag, since, time.time()])
 
     def pending(self, policy: str, destination: str) -> dict[tuple[str, str], float]:
         with self._lock:
