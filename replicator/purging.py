@@ -41,7 +41,7 @@ class PurgeOutcome:
 
 def batch_id(items: list[PurgeItem]) -> str:
     """Names exactly these changes: the same for a retry, different once any URL changed again."""
-    text = "\n".join(sorted(f"{item.generation} {item.url}" for item in items))
+    text = "\n".join(sorted(f"{item.generation} {item.created!r} {item.url}" for item in items))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -75,7 +75,7 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
             attempts = max(item.attempts for item in batch) + 1
             wait = min(BACKOFF[1], BACKOFF[0] * 2 ** (attempts - 1)) if error.retryable else BACKOFF[1]
             wait = max(wait, error.retry_after or 0)
-            state.purges_failed(region.name, urls, str(error), time.time() + wait)
+            state.purges_failed(region.name, urls, str(error), now + wait)
             log.warning("purge of %d URLs at %s failed (%s): %s", len(urls), purger.describe(),
                         "will retry" if error.retryable else "permanent", error)
             errors.append(str(error))
