@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,11 +23,12 @@ import requests.adapters
 from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
                                    IncompleteReadError, ServiceRequestError, ServiceResponseError)
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
+from azure.storage.blob import (BlobClient, BlobProperties, BlobSasPermissions, ContainerClient,
+                                generate_blob_sas)
 
-from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, StorageDriver,
-                          check_key, check_prefix, error_for_status, parse_parameters, token_pages,
-                          without_url_queries)
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, ServerSideCopy,
+                          StorageDriver, check_key, check_prefix, error_for_status, parse_parameters,
+                          token_pages, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.retry import retrying
 
@@ -38,6 +41,13 @@ DEFAULT_REALM = "core.windows.net"
 PAGE_SIZE = 1000
 MAX_BLOCKS = 50_000
 """Azure's limit of committed blocks per blob: a streamed object holds at most this many chunks."""
+COPY_WAIT = 1800.0
+"""How long :meth:`AzureDriver.copy_from` waits for a pending copy before aborting it (seconds)."""
+COPY_POLL = (0.2, 5.0)
+"""First and longest pause between two looks at a pending copy (seconds)."""
+SAS_CLOCK_SKEW = timedelta(minutes=5)
+UNFINISHED_COPIES = frozenset({"pending", "aborted", "failed"})
+"""Copy states of a blob whose content is not (or never will be) the source's: hidden."""
 
 PARAMETERS: dict[str, type] = {
     "accountname": str, "accountkey": str, "container": str, "realm": str, "rootdirectory": str,
@@ -59,6 +69,8 @@ def _request_kind(method: str, url: str, headers) -> str:
         return "list" if comp in ("list", "blocklist") else "get"
     if method == "PUT" and "x-ms-copy-source" in {name.lower() for name in headers}:
         return "copy"
+    if method == "PUT" and comp == "copy":  # Abort Copy Blob
+        return "delete"
     return {"HEAD": "head", "DELETE": "delete"}.get(method, "put")
 
 
@@ -72,13 +84,23 @@ def _detail(error: AzureError) -> str:
     return getattr(code, "value", code) or without_url_queries((str(error).splitlines() or [""])[0])
 
 
-class AzureDriver(StorageDriver):
+def _finished(blob: BlobProperties) -> bool:
+    """False for the destination of a copy that is pending, aborted or failed: Azure shows it
+    at its final size before (or without) its bytes, so it is neither listed nor stat'ed."""
+    return blob.copy.status not in UNFINISHED_COPIES
+
+
+class AzureDriver(StorageDriver, ServerSideCopy):
     """Objects under ``root`` (``""`` or ``"some/path/"``) in ``container``.
 
     The container is reached at ``account_url`` with ``credential`` (an account key mapping or
     a token credential), or through ``connection_string``. ``chunk_size`` is the block size of
     :meth:`writer` and the range of each read request; ``max_connections`` sizes the HTTP
     connection pool. Errors as :class:`StorageDriver` states.
+
+    Server-side copies (:meth:`copy_from`, Copy Blob) come from any driver on the same blob
+    service (``*.blob.core.windows.net``, or one Azurite server) whose account key can sign a
+    read SAS; ``copy_wait`` bounds the wait for a pending copy.
     """
 
     kind = "azure"
@@ -106,6 +128,7 @@ class AzureDriver(StorageDriver):
         else:
             self._container = ContainerClient(account_url, container, credential=credential, **options)
         self.account = self._container.account_name
+        self.copy_wait = COPY_WAIT
 
     @classmethod
     def from_config(cls, params: dict) -> AzureDriver:
@@ -151,13 +174,16 @@ class AzureDriver(StorageDriver):
     def describe(self) -> str:
         return f"azure://{self.account}/{self.container}/{self.root}".rstrip("/")
 
+    def _where(self, key: str) -> str:
+        return f"azure://{self.account}/{self.container}/{self.root}{key}"
+
     def _count(self, request) -> None:
         http = request.http_request
         self.requests.add(_request_kind(http.method, http.url, http.headers))
 
     @contextmanager
     def _errors(self, operation: str, key: str) -> Iterator[None]:
-        where = f"azure {operation} azure://{self.account}/{self.container}/{self.root}{key}"
+        where = f"azure {operation} {self._where(key)}"
         try:
             yield
         except ClientAuthenticationError as error:
@@ -191,14 +217,17 @@ class AzureDriver(StorageDriver):
             lambda token: self._call("list", prefix, lambda: self._list_page(prefix, token)))
 
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        pages = self._container.list_blobs(name_starts_with=self.root + prefix,
+        pages = self._container.list_blobs(name_starts_with=self.root + prefix, include=["copy"],
                                            results_per_page=PAGE_SIZE).by_page(continuation_token=token)
-        page = [_info(blob.name[len(self.root):], blob) for blob in next(pages)]
+        page = [_info(blob.name[len(self.root):], blob) for blob in next(pages) if _finished(blob)]
         return page, pages.continuation_token
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)
-        return _info(key, self._call("stat", key, self._blob(key).get_blob_properties))
+        blob = self._call("stat", key, self._blob(key).get_blob_properties)
+        if not _finished(blob):
+            raise NotFound(f"azure stat {self._where(key)}: a copy to it is {blob.copy.status}")
+        return _info(key, blob)
 
     def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
         blob = self._blob(key)
@@ -221,6 +250,73 @@ class AzureDriver(StorageDriver):
 
     def writer(self, key: str) -> ChunkedWriter:
         return _BlockWriter(self, check_key(key))
+
+    def _account_key(self) -> str | None:
+        return getattr(self._container.credential, "account_key", None)
+
+    def _service(self) -> tuple[str, str]:
+        """The blob service this account is on: scheme and host, less the account's own label
+        (``blob.core.windows.net``; an emulator's ``host:port`` serves accounts by path)."""
+        url = urlsplit(self._container.url)
+        host = url.netloc.lower()
+        return url.scheme, host.removeprefix(f"{self.account.lower()}.")
+
+    def signed_read_url(self, key: str, lifetime: float) -> str:
+        """The URL of ``key`` with a read-only shared access signature valid for ``lifetime``
+        seconds, made locally from the account key (no request). It grants read access to
+        whoever holds it: hand it to the storage service only, never log it. Raises
+        ``AccessDenied`` when this driver has no account key to sign with."""
+        check_key(key)
+        account_key = self._account_key()
+        if account_key is None:
+            raise AccessDenied(f"azure sign {self._where(key)}: no account key to sign a SAS with")
+        now = datetime.now(timezone.utc)
+        blob = self._blob(key)
+        sas = generate_blob_sas(self.account, self.container, self.root + key, account_key=account_key,
+                                permission=BlobSasPermissions(read=True), start=now - SAS_CLOCK_SKEW,
+                                expiry=now + timedelta(seconds=lifetime))
+        return f"{blob.url}?{sas}"
+
+    def can_copy_from(self, source: StorageDriver) -> bool:
+        return (isinstance(source, AzureDriver) and source._account_key() is not None
+                and source._service() == self._service())
+
+    def copy_from(self, source: StorageDriver, key: str, size: int | None = None) -> str:
+        """Copy Blob from a read SAS of ``source``'s blob; while the copy is pending, look at it
+        with pauses growing from 0.2 s to 5 s, and abort it after ``copy_wait`` seconds."""
+        check_key(key)
+        if not isinstance(source, AzureDriver):
+            raise TypeError(f"an Azure driver cannot copy server-side from {source.describe()}")
+        url = source.signed_read_url(key, self.copy_wait + SAS_CLOCK_SKEW.total_seconds())
+        blob = self._blob(key)
+        copy = self._call("copy", key, lambda: blob.start_copy_from_url(url))
+        status, etag, description = copy["copy_status"], copy["etag"], ""
+        deadline, pause = time.monotonic() + self.copy_wait, COPY_POLL[0]
+        while status == "pending":
+            if time.monotonic() >= deadline:
+                self._abandon_copy(key, blob, copy["copy_id"])
+                raise TransientError(f"azure copy {self._where(key)}: still pending after "
+                                     f"{self.copy_wait:g} s; aborted")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, COPY_POLL[1])
+            properties = self._call("stat", key, blob.get_blob_properties)
+            if properties.copy.id != copy["copy_id"]:
+                raise StorageError(f"azure copy {self._where(key)}: another copy replaced this one")
+            status, etag = properties.copy.status, properties.etag
+            description = properties.copy.status_description or ""
+        if status != "success":
+            with suppress(StorageError):
+                self.delete(key)
+            raise StorageError(f"azure copy {self._where(key)}: {status} "
+                               f"{without_url_queries(description)}".rstrip())
+        return etag.strip('"')
+
+    def _abandon_copy(self, key: str, blob: BlobClient, copy_id: str) -> None:
+        """Abort a pending copy and delete the empty blob it leaves; never raises."""
+        with suppress(StorageError):
+            self._call("abort_copy", key, lambda: blob.abort_copy(copy_id))
+        with suppress(StorageError):
+            self.delete(key)
 
     def delete(self, key: str) -> None:
         check_key(key)

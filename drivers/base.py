@@ -292,6 +292,45 @@ class StorageDriver(ABC):
                 pause(failures)
 
 
+class ServerSideCopy(ABC):
+    """Optional ability of a driver: copy an object from another driver of the same provider
+    without its bytes passing through this process (S3 CopyObject, GCS rewrite, Azure Copy Blob).
+
+    A driver that has it subclasses this besides :class:`StorageDriver`; callers test
+    ``isinstance(destination, ServerSideCopy) and destination.can_copy_from(source)`` and
+    otherwise stream the object through :meth:`StorageDriver.open` and
+    :meth:`StorageDriver.writer`. The copy runs with the *destination's* credentials (and, where
+    the provider needs one, a short-lived read grant made by the source driver), and is
+    counted in the destination's :class:`RequestCounter` as ``copy`` requests (plus the
+    ``put``/``head``/``delete`` requests that start, watch or cancel a multi-request copy).
+    The bytes are not hashed on the way: a caller that needs them verified reads them back.
+    """
+
+    @abstractmethod
+    def can_copy_from(self, source: StorageDriver) -> bool:
+        """Whether :meth:`copy_from` can work from ``source``: the same provider and service
+        endpoint, with credentials that plausibly reach both. Decided from configuration alone:
+        never raises and sends no request. True is a guess the provider may still refuse
+        (``AccessDenied`` from :meth:`copy_from`)."""
+
+    @abstractmethod
+    def copy_from(self, source: StorageDriver, key: str, size: int | None = None) -> str:
+        """Copy ``source``'s object at ``key`` to this driver's ``key`` (each under its own
+        root directory) and return the new object's etag as listings and :meth:`stat
+        <StorageDriver.stat>` show it. ``size``, the source object's size if the caller
+        already knows it, spares a request where the copy method depends on it.
+
+        The object appears at ``key`` atomically, complete or not at all (an existing object
+        stays until then); a failed copy leaves nothing behind (no multipart upload, no
+        partial blob). Raises ``InvalidKey`` before any request, ``NotFound`` when the source
+        object does not exist, ``AccessDenied`` when this driver's credentials may not read
+        the source or write here (the caller falls back to streaming), ``TransientError``
+        after retries (or when the provider's copy did not finish within the driver's bounded
+        wait, after cancelling it), and ``StorageError`` otherwise. A ``source`` for which
+        :meth:`can_copy_from` is false may raise ``TypeError``: callers ask first.
+        """
+
+
 class PartWriter(ChunkedWriter):
     """A :class:`ChunkedWriter` that uploads in parts of ``part_size`` bytes, buffering one.
 

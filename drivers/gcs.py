@@ -29,8 +29,8 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.oauth2 import service_account
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
-                          StorageDriver, check_key, check_prefix, error_for_status, parse_parameters,
-                          token_pages, without_url_queries)
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, error_for_status,
+                          parse_parameters, token_pages, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.retry import retrying
 
@@ -132,11 +132,19 @@ def _persisted(response: requests.Response) -> int:
     return int(held.rpartition("-")[2]) + 1 if held else 0
 
 
-class GCSDriver(StorageDriver):
+def _identity(credentials: Credentials) -> tuple[str, str | None]:
+    """Whose credentials these are, without a request: their kind and service account."""
+    kind = type(credentials)
+    return f"{kind.__module__}.{kind.__qualname__}", getattr(credentials, "service_account_email", None)
+
+
+class GCSDriver(StorageDriver, ServerSideCopy):
     """Objects under ``root`` (``""`` or ``"some/path/"``) in ``bucket``, as ``credentials`` allow.
 
     ``chunk_size`` (a multiple of 256 KiB) is the resumable-upload chunk of :meth:`writer`;
     ``max_connections`` sizes the HTTP connection pool. Errors as :class:`StorageDriver` states.
+    Server-side copies (:meth:`copy_from`, the JSON API's ``rewrite``) go to drivers on the
+    same endpoint with the same credentials.
     """
 
     kind = "gcs"
@@ -163,6 +171,7 @@ class GCSDriver(StorageDriver):
         # the first object call, for tracing attributes: an uncounted, unretried extra request.
         self._client._bucket_metadata_cache = None
         self._bucket = self._client.bucket(bucket)
+        self._copy_identity = (self._endpoint, _identity(credentials))
 
     @classmethod
     def from_config(cls, params: dict) -> GCSDriver:
@@ -261,6 +270,23 @@ class GCSDriver(StorageDriver):
 
     def writer(self, key: str) -> ChunkedWriter:
         return _ResumableWriter(self, check_key(key))
+
+    def can_copy_from(self, source: StorageDriver) -> bool:
+        return isinstance(source, GCSDriver) and source._copy_identity == self._copy_identity
+
+    def copy_from(self, source: StorageDriver, key: str, size: int | None = None) -> str:
+        """One ``rewrite`` call after another, each carrying the token the last one gave, until
+        GCS says the object is done (large or cross-location copies take several rounds)."""
+        check_key(key)
+        if not isinstance(source, GCSDriver):
+            raise TypeError(f"a GCS driver cannot copy server-side from {source.describe()}")
+        target, origin = self._blob(key), source._blob(key)
+        token = None
+        while True:
+            token, _, _ = self._call("rewrite", key, lambda token=token: target.rewrite(
+                origin, token=token, timeout=TIMEOUT, retry=None))
+            if token is None:
+                return str(target.generation)
 
     def delete(self, key: str) -> None:
         check_key(key)

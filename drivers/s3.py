@@ -7,8 +7,11 @@ sends is counted by one event handler. Credentials are handed to botocore and ke
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager, suppress
 from datetime import datetime
 
@@ -17,7 +20,8 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
-from drivers.base import CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_key, check_prefix
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, ServerSideCopy, StorageDriver,
+                          check_key, check_prefix)
 from drivers.errors import (AccessDenied, ConfigError, InvalidKey, NotFound, PreconditionFailed,
                             StorageError, TransientError)
 from drivers.retry import retrying
@@ -27,6 +31,12 @@ MIN_CHUNK_SIZE = 5 * MIB
 DEFAULT_CHUNK_SIZE = 10 * MIB
 DEFAULT_MAX_CONNECTIONS = 32
 PAGE_SIZE = 1000
+MAX_COPY_SIZE = 5 * 1024 * MIB
+"""S3's limit on one CopyObject and on one UploadPartCopy part."""
+MAX_PARTS = 10_000
+DEFAULT_COPY_THRESHOLD = 32 * MIB
+DEFAULT_COPY_CHUNK_SIZE = 32 * MIB
+DEFAULT_COPY_CONCURRENCY = 100
 
 PARAMETERS: dict[str, type] = {
     "accesskey": str, "secretkey": str, "sessiontoken": str, "region": str, "regionendpoint": str,
@@ -36,10 +46,15 @@ PARAMETERS: dict[str, type] = {
     "useragent": str, "usedualstack": bool, "accelerate": bool, "loglevel": str,
     "forcepathstyle": bool, "maxconnections": int,
 }
-"""Distribution 2.8's S3 parameters (the multipartcopy* ones and loglevel are accepted and
-unused), plus ``maxconnections``: the size of the HTTP connection pool."""
+"""Distribution 2.8's S3 parameters (``loglevel`` is accepted and unused), plus
+``maxconnections``: the size of the HTTP connection pool. As in Distribution, an object of at
+most ``multipartcopythresholdsize`` bytes is copied server-side with one CopyObject, a larger
+one in ``multipartcopychunksize`` parts, ``multipartcopymaxconcurrency`` at a time (at most
+``maxconnections``)."""
 
-MINIMUMS = {"chunksize": MIN_CHUNK_SIZE, "maxconnections": 1}
+MINIMUMS = {"chunksize": MIN_CHUNK_SIZE, "maxconnections": 1, "multipartcopychunksize": MIN_CHUNK_SIZE,
+            "multipartcopymaxconcurrency": 1}
+MAXIMUMS = {"multipartcopychunksize": MAX_COPY_SIZE, "multipartcopythresholdsize": MAX_COPY_SIZE}
 
 REQUEST_KINDS = {
     "ListObjectsV2": "list", "ListMultipartUploads": "list", "ListParts": "list",
@@ -68,8 +83,11 @@ def _typed(name: str, value: object, kind: type) -> object:
     elif kind is int:
         if isinstance(value, str) and value.isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < MINIMUMS.get(name, 0):
-            raise ConfigError(name, f"must be an integer of at least {MINIMUMS.get(name, 0)}")
+        low, high = MINIMUMS.get(name, 0), MAXIMUMS.get(name)
+        if (isinstance(value, bool) or not isinstance(value, int) or value < low
+                or (high is not None and value > high)):
+            raise ConfigError(name, f"must be an integer of at least {low}"
+                                    + (f" and at most {high}" if high is not None else ""))
     elif not isinstance(value, str):
         raise ConfigError(name, "must be a string")
     return value
@@ -121,6 +139,15 @@ def _client(config: dict):
         verify=False if config.get("skipverify") else None, config=options, **credentials)
 
 
+def _copy_identity(config: dict, client) -> tuple[str, str]:
+    """Where and as whom a driver's requests go: its endpoint (AWS's partition when none is
+    configured) and a fingerprint of its access key id (``""`` for the credential chain).
+    Server-side copies are tried only between drivers with the same identity."""
+    endpoint = config.get("regionendpoint") and client.meta.endpoint_url.rstrip("/").lower()
+    key = config.get("accesskey")
+    return endpoint or client.meta.partition, hashlib.sha256(key.encode()).hexdigest() if key else ""
+
+
 def _put_args(config: dict) -> dict:
     args = {}
     if config.get("encrypt"):
@@ -154,31 +181,52 @@ def _client_error(where: str, error: botocore.exceptions.ClientError) -> Storage
     return StorageError(message)
 
 
-class S3Driver(StorageDriver):
+class S3Driver(StorageDriver, ServerSideCopy):
     """Objects under ``root`` (``""`` or ``"some/path/"``) in ``bucket``, through ``client``.
 
     ``chunk_size`` is the multipart part size of :meth:`writer`; ``put_args`` (encryption,
     storage class, ACL) are added to every object creation. Errors as :class:`StorageDriver`
     states; an unreadable bucket raises ``NotFound`` or ``AccessDenied``.
+
+    Server-side copies (:meth:`copy_from`) go to drivers of the same ``copy_identity`` (see
+    :func:`_copy_identity`; ``None``: never): one CopyObject up to ``copy_threshold`` bytes,
+    else UploadPartCopy parts of ``copy_chunk_size`` bytes, at most ``copy_concurrency`` at a
+    time across the driver.
     """
 
     kind = "s3"
 
     def __init__(self, client, bucket: str, *, root: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 put_args: dict | None = None) -> None:
+                 put_args: dict | None = None, copy_identity: tuple[str, str] | None = None,
+                 copy_threshold: int = DEFAULT_COPY_THRESHOLD,
+                 copy_chunk_size: int = DEFAULT_COPY_CHUNK_SIZE,
+                 copy_concurrency: int = DEFAULT_COPY_CONCURRENCY) -> None:
         super().__init__()
         self._client = client
         self.bucket = bucket
         self.root = root
         self.chunk_size = chunk_size
         self.put_args = dict(put_args or {})
+        self.copy_identity = copy_identity
+        self.copy_threshold = min(copy_threshold, MAX_COPY_SIZE)
+        self.copy_chunk_size = copy_chunk_size
+        self._copy_concurrency = copy_concurrency
+        self._copy_pool: ThreadPoolExecutor | None = None
+        self._copy_pool_lock = threading.Lock()
         client.meta.events.register("before-send.s3", self._count)
 
     @classmethod
     def from_config(cls, params: dict) -> S3Driver:
         config = _parse(params)
-        return cls(_client(config), config["bucket"], root=config["rootdirectory"],
-                   chunk_size=config.get("chunksize", DEFAULT_CHUNK_SIZE), put_args=_put_args(config))
+        client = _client(config)
+        concurrency = min(config.get("multipartcopymaxconcurrency", DEFAULT_COPY_CONCURRENCY),
+                          config.get("maxconnections", DEFAULT_MAX_CONNECTIONS))
+        return cls(client, config["bucket"], root=config["rootdirectory"],
+                   chunk_size=config.get("chunksize", DEFAULT_CHUNK_SIZE), put_args=_put_args(config),
+                   copy_identity=_copy_identity(config, client),
+                   copy_threshold=config.get("multipartcopythresholdsize", DEFAULT_COPY_THRESHOLD),
+                   copy_chunk_size=config.get("multipartcopychunksize", DEFAULT_COPY_CHUNK_SIZE),
+                   copy_concurrency=concurrency)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.root}".rstrip("/")
@@ -253,6 +301,59 @@ class S3Driver(StorageDriver):
         check_key(key)
         with suppress(NotFound):
             self._call("delete_object", key, Key=self.root + key)
+
+    def can_copy_from(self, source: StorageDriver) -> bool:
+        return (isinstance(source, S3Driver) and self.copy_identity is not None
+                and source.copy_identity == self.copy_identity)
+
+    def copy_from(self, source: StorageDriver, key: str, size: int | None = None) -> str:
+        check_key(key)
+        if not isinstance(source, S3Driver):
+            raise TypeError(f"an S3 driver cannot copy server-side from {source.describe()}")
+        copy_source = {"Bucket": source.bucket, "Key": source.root + key}
+        if size is None:
+            size = source.stat(key).size
+        if size <= self.copy_threshold:
+            response = self._call("copy_object", key, Key=self.root + key, CopySource=copy_source,
+                                  **self.put_args)
+            return response["CopyObjectResult"]["ETag"].strip('"')
+        return self._copy_parts(key, copy_source, size)
+
+    def _copy_parts(self, key: str, copy_source: dict, size: int) -> str:
+        """A multipart upload of UploadPartCopy parts, aborted if anything fails."""
+        part_size = max(self.copy_chunk_size, -(-size // MAX_PARTS))
+        upload = self._call("create_multipart_upload", key, Key=self.root + key, **self.put_args)
+        args = {"Key": self.root + key, "UploadId": upload["UploadId"]}
+
+        def copy_part(number: int, start: int) -> dict:
+            last = min(start + part_size, size) - 1
+            response = self._call("upload_part_copy", key, PartNumber=number, CopySource=copy_source,
+                                  CopySourceRange=f"bytes={start}-{last}", **args)
+            return {"ETag": response["CopyPartResult"]["ETag"], "PartNumber": number}
+
+        pool = self._parts_pool()
+        futures = [pool.submit(copy_part, number, start)
+                   for number, start in enumerate(range(0, size, part_size), 1)]
+        try:
+            parts = [future.result() for future in futures]
+            response = self._call("complete_multipart_upload", key, MultipartUpload={"Parts": parts},
+                                  **args)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # parts under way finish before the abort, or they would outlive it
+            with suppress(StorageError):
+                self._call("abort_multipart_upload", key, **args)
+            raise
+        return response["ETag"].strip('"')
+
+    def _parts_pool(self) -> ThreadPoolExecutor:
+        """The driver's pool for UploadPartCopy requests, shared by all its copies, so that at
+        most ``copy_concurrency`` parts are in flight however many objects are being copied."""
+        with self._copy_pool_lock:
+            if self._copy_pool is None:
+                self._copy_pool = ThreadPoolExecutor(self._copy_concurrency, "s3-copy")
+            return self._copy_pool
 
 
 class _MultipartWriter(ChunkedWriter):

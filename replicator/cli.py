@@ -130,19 +130,16 @@ def _sync(args: argparse.Namespace) -> int:
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit,
-                         shard=_shard(args), on_pass=progress.start_pass if progress else None)
+                         shard=_shard(args), on_pass=progress.start_pass if progress else None,
+                         server_side_copy=config.server_side_copy)
     started = time.monotonic()
     reports: list[PassReport] = []
-    errors: list[str] = []
     state = StateStore(config.state_path)
     if not args.dry_run:
         recover_purges(config.regions, state)
     try:
         for policy in policies:
-            try:
-                reports.extend(run_policy(config, policy, state, options))
-            except StorageError as error:
-                errors.append(f"policy {policy.name}: {error}")
+            reports.extend(run_policy(config, policy, state, options))
     finally:
         state.close()
         if progress is not None:
@@ -152,14 +149,11 @@ def _sync(args: argparse.Namespace) -> int:
     if args.json:
         cdn_calls = {name: region.cdn.purger.calls for name, region in config.regions.items()
                      if region.cdn is not None}
-        document = run_document(reports, errors, requests, cdn_calls, duration, args.dry_run)
+        document = run_document(reports, requests, cdn_calls, duration, args.dry_run)
         print(json.dumps(document, indent=2))
     else:
         print(run_text(reports, duration, args.dry_run))
-    for error in errors:
-        print(f"replicator: {error}", file=sys.stderr)
-    failed = errors or not all(report.ok for report in reports)
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:

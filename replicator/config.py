@@ -92,6 +92,8 @@ class Config:
     concurrency: int
     server: Server
     audit_interval: float
+    server_side_copy: bool = True
+    """Let a destination's storage copy blobs from the source's itself where it can."""
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -134,15 +136,18 @@ def expand(value: object, field: str) -> object:
 def parse(document: object, base: Path = Path(".")) -> Config:
     """Validate an expanded document. Relative state paths are taken from ``base``."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
-                                   "audit_interval"})
+                                   "audit_interval", "server_side_copy"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
     audit_interval = duration(root.get("audit_interval", DEFAULT_AUDIT_INTERVAL), "audit_interval")
+    server_side_copy = root.get("server_side_copy", True)
+    if not isinstance(server_side_copy, bool):
+        raise ConfigError("server_side_copy", "must be true or false")
     regions = _regions(root.get("regions"))
     policies = _policies(root.get("policies"), regions)
     return Config(base / state_path, regions, policies, concurrency,
-                  _server(root.get("server", {})), audit_interval)
+                  _server(root.get("server", {})), audit_interval, server_side_copy)
 
 
 def duration(value: object, field: str) -> float:

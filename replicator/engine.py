@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from drivers.base import ObjectInfo, StorageDriver
+from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
 from drivers.errors import NotFound, StorageError
 from replicator import layout
 from replicator.config import Config, Policy, Region
@@ -29,7 +29,7 @@ from replicator.copier import BlobCopier, ReplicationError
 from replicator.filters import policy_selects
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
-from replicator.manifests import Manifest, ManifestError, parse_manifest
+from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
 from replicator.planner import TagPlan, plan_tag
 from replicator.purging import purge_urls, send_purges
 from replicator.report import PassReport
@@ -71,14 +71,18 @@ class RunOptions:
     stop: threading.Event | None = None
     shard: Shard = Shard()
     on_pass: Callable[[PassReport, list[tuple[str, str]]], None] | None = None
+    server_side_copy: bool = True
+    """Let a destination's storage copy blobs from the source's where it can (``BlobCopier``)."""
 
 
 class SourceReader:
     """Reads a source region's tag links and manifests, each at most once per pass."""
 
-    def __init__(self, storage: StorageDriver, links: TagLinks):
+    def __init__(self, storage: StorageDriver, links: TagLinks, listed: float):
         self.storage = storage
         self.links = links
+        self.listed = listed
+        """When the source listing began: changes noted later may be missing from it."""
         self._lock = threading.Lock()
         self._manifests: dict[str, Manifest] = {}
 
@@ -102,9 +106,11 @@ class SourceReader:
     def manifest(self, digest: str) -> Manifest:
         if digest not in self._manifests:
             try:
-                data = self.storage.read(layout.blob_key(digest))
+                data = self.storage.read(layout.blob_key(digest), MAX_MANIFEST_SIZE)
             except NotFound:
                 raise ReplicationError(f"manifest {digest} is missing at the source") from None
+            except ObjectTooLarge:
+                raise ManifestError(f"manifest {digest} is over the 4 MiB limit") from None
             manifest = parse_manifest(data, digest)
             with self._lock:
                 self._manifests[digest] = manifest
@@ -146,7 +152,7 @@ class DestinationPass:
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
             self.copier = BlobCopier(self.source.storage, self.destination, blob_pool,
-                                     self.report, self.options.dry_run)
+                                     self.report, self.options.dry_run, self.options.server_side_copy)
             for future in [tag_pool.submit(self._replicate_tag, *key) for key in self.source_tags]:
                 future.result()
         if self.policy.delete:
@@ -160,7 +166,8 @@ class DestinationPass:
 
     def _record(self, started: float) -> None:
         pending = {key: info.mtime for key, info in self.source_tags.items() if key not in self.in_sync}
-        self.state.replace_pending(self.policy.name, self.destination_name, pending, self.repository)
+        self.state.replace_pending(self.policy.name, self.destination_name, pending,
+                                   self.source.listed, self.repository)
         if self.repository is None:
             self.state.record_pass(PassRecord(
                 self.policy.name, self.policy.source, self.destination_name, started, time.time(),
@@ -262,21 +269,26 @@ class DestinationPass:
         for key, digest in plan.links:
             if key in self.inventory.links:
                 continue
-            if self.options.dry_run:
-                self.report.plan(f"write {key} -> {digest}")
-                self.inventory.links.add(key)
-                continue
             if key != current_key:
-                self.destination.write(key, layout.link_bytes(digest))
+                self._write_link(key, digest)
                 self.inventory.links.add(key)
                 continue
             with self._purging(plan.name, plan.tag):
-                etag = self.destination.write(key, layout.link_bytes(digest))
-            self.links.record(plan.name, plan.tag, etag, digest)
+                etag = self._write_link(key, digest)
+            if etag is not None:
+                self.links.record(plan.name, plan.tag, etag, digest)
+
+    def _write_link(self, key: str, digest: str) -> str | None:
+        """Write a link (or, in a dry run, plan it); the new etag, ``None`` in a dry run."""
+        if self.options.dry_run:
+            self.report.plan(f"write {key} -> {digest}")
+            return None
+        return self.destination.write(key, layout.link_bytes(digest))
 
     @contextmanager
     def _purging(self, name: str, tag: str) -> Iterator[None]:
-        """Around a change of the tag's current link: purges recorded before, ready after."""
+        """Around a change of the tag's current link: purges recorded before, ready after,
+        even if the change raised (it may have been applied; a purge too many costs a refetch)."""
         if self.region.cdn is None:
             yield
             return
@@ -287,8 +299,10 @@ class DestinationPass:
                 self.report.plan(f"purge {url}")
             return
         self.state.enqueue_purges(self.destination_name, urls)
-        yield
-        self.state.ready_purges(self.destination_name, urls)
+        try:
+            yield
+        finally:
+            self.state.ready_purges(self.destination_name, urls)
 
     def _delete_removed_tags(self) -> None:
         for name, tag in sorted(self.inventory.tags):
@@ -324,16 +338,21 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     """Run one pass of ``policy`` into each of its destinations, one after the other;
     with ``repository``, a targeted pass over that repository only.
 
-    Raises ``StorageError`` when the source cannot be listed. A destination that cannot be
-    listed gets a report with ``error`` set; the other destinations still get their pass.
-    Per-tag problems are in the reports (and the state store).
+    A region that cannot be listed fails the passes it is in (the source: all of them; a
+    destination: its own), each report then has ``error`` set and a failed pass is recorded.
+    Per-tag problems are in the reports (and the state store). Never raises ``StorageError``.
     """
+    started = time.time()
     source_storage = config.regions[policy.source].storage
-    inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
+    try:
+        inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
+    except StorageError as error:
+        return [_failed_pass(policy, name, error, state, started, options, repository)
+                for name in policy.destinations]
     tags = {key: inventory.tags[key] for key in sorted(inventory.tags)
             if policy_selects(policy, *key) and options.shard.owns(key[0])}
     source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
-                                                   options.audit))
+                                                   options.audit), started)
     reports = []
     for name in policy.destinations:
         destination_pass = DestinationPass(policy, source, tags, config.regions[name], state,
@@ -341,8 +360,19 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
         try:
             reports.append(destination_pass.run())
         except StorageError as error:
-            log.error("pass of policy %s into %s failed: %s", policy.name, name, error,
-                      extra={"policy": policy.name, "destination": name})
-            destination_pass.report.error = str(error)
-            reports.append(destination_pass.report)
+            reports.append(_failed_pass(policy, name, error, state, started, options, repository,
+                                        destination_pass.report))
     return reports
+
+
+def _failed_pass(policy: Policy, destination: str, error: StorageError, state: StateStore,
+                 started: float, options: RunOptions, repository: str | None,
+                 report: PassReport | None = None) -> PassReport:
+    log.error("pass of policy %s into %s failed: %s", policy.name, destination, error,
+              extra={"policy": policy.name, "destination": destination})
+    report = report or PassReport(policy.name, policy.source, destination)
+    report.error, report.error_kind = str(error), error_kind(error)
+    if not options.dry_run and repository is None:
+        state.record_pass(PassRecord(policy.name, policy.source, destination, started, time.time(),
+                                     False, report.counts(), options.audit))
+    return report

@@ -61,6 +61,8 @@ class Metrics:
         for failure in report.failures:
             if failure.kind != "deferred":
                 self.errors.labels(report.destination, failure.kind).inc()
+        if report.error_kind is not None:
+            self.errors.labels(report.destination, report.error_kind).inc()
         if duration is not None:
             self.pass_duration.labels(*labels).observe(duration)
         self.observe_purges(report.destination, PurgeOutcome(

@@ -7,7 +7,11 @@ from dataclasses import asdict, dataclass, field
 
 COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
+            "server_side_copies", "server_side_bytes",
             "purges_sent", "purges_retrying", "purges_failed")
+"""``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
+destination's storage copied from the source's itself; ``bytes_copied`` counts only the bytes
+that streamed through the replicator (blobs and manifests), ``server_side_bytes`` the others."""
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,22 @@ class PassReport:
     blobs_copied: int = 0
     blobs_present: int = 0
     bytes_copied: int = 0
+    server_side_copies: int = 0
+    server_side_bytes: int = 0
     purges_sent: int = 0
     purges_retrying: int = 0
     purges_failed: int = 0
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
-    """Set when the pass could not run at all (the destination could not be listed)."""
+    """Set when the pass could not run at all (a region could not be listed)."""
+    error_kind: str | None = None
     planned: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.tags_failed == 0
+        """Nothing failed: no tag, no pass, no purge refused for good (retrying is fine)."""
+        return self.error is None and self.tags_failed == 0 and self.purges_failed == 0
 
     def count(self, counter: str, n: int = 1) -> None:
         if counter not in COUNTERS:
@@ -76,15 +84,13 @@ class PassReport:
         return result
 
 
-def run_document(reports: list[PassReport], errors: list[str],
-                 requests: dict[str, dict[str, int]], cdn_calls: dict[str, int],
-                 duration: float, dry_run: bool) -> dict:
-    """The ``--json`` document of a ``sync`` run; ``errors`` are whole-pass failures,
-    ``requests`` storage requests and ``cdn_calls`` CDN API calls, by region."""
+def run_document(reports: list[PassReport], requests: dict[str, dict[str, int]],
+                 cdn_calls: dict[str, int], duration: float, dry_run: bool) -> dict:
+    """The ``--json`` document of a ``sync`` run: ``requests`` are storage requests and
+    ``cdn_calls`` CDN API calls, by region."""
     return {
-        "ok": not errors and all(report.ok for report in reports),
+        "ok": all(report.ok for report in reports),
         "dry_run": dry_run,
-        "errors": errors,
         "duration_seconds": round(duration, 3),
         "passes": [report.as_dict(dry_run) for report in reports],
         "requests": requests,
@@ -104,7 +110,10 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
             f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
             f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
-            f"({human_size(report.bytes_copied)}), {report.blobs_present} already present"
+            f"({human_size(report.bytes_copied)}"
+            + (f"; {report.server_side_copies} blobs of {human_size(report.server_side_bytes)} "
+               f"copied server-side" if report.server_side_copies else "")
+            + f"), {report.blobs_present} already present"
             + (f"; {report.purges_sent} CDN purges sent, {report.purges_retrying + report.purges_failed} "
                f"not accepted yet" if report.purges_sent or report.purges_retrying
                or report.purges_failed else ""))

@@ -93,14 +93,10 @@ class Service:
                 return []
             audit = repository is None and self._audit_due(policy)
             options = RunOptions(concurrency=self.config.concurrency, audit=audit,
-                                 backoff=RETRY_BACKOFF, stop=self.stopping, shard=self.shard)
+                                 backoff=RETRY_BACKOFF, stop=self.stopping, shard=self.shard,
+                                 server_side_copy=self.config.server_side_copy)
             started = time.monotonic()
-            try:
-                reports = run_policy(self.config, policy, self.state, options, repository)
-            except StorageError as error:
-                log.error("pass of policy %s (%s) failed: %s", policy_name,
-                          repository or "all repositories", error)
-                return []
+            reports = run_policy(self.config, policy, self.state, options, repository)
             duration = time.monotonic() - started
             for report in reports:
                 self.metrics.observe(report, None if repository else duration)

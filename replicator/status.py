@@ -28,7 +28,7 @@ class DestinationStatus:
     @property
     def in_sync(self) -> bool:
         return (self.pending_tags == 0 and not self.failing and not self.purges_outstanding
-                and self.last_success is not None)
+                and self.last_success is not None and self.last_pass == self.last_success)
 
     def as_dict(self) -> dict:
         return {

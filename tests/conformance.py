@@ -3,6 +3,11 @@
 A backend's test module declares ``class TestX(DriverConformance)`` and provides the fixture
 ``driver``: a fresh, empty :class:`~drivers.base.StorageDriver`. If the driver uploads in parts,
 its part size should be at most 5 MiB so that the large-object tests cross part boundaries.
+
+Optional abilities are tested only where the driver has them. For
+:class:`~drivers.base.ServerSideCopy` the class also provides ``second_driver``: another fresh,
+empty driver of the same backend and server (another bucket, container or account, with
+another root directory) that ``driver`` can copy from; without it those cases skip.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from drivers import open_storage
-from drivers.base import CHUNK_SIZE, ObjectTooLarge, StorageDriver
+from drivers.base import CHUNK_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
 from drivers.errors import ConfigError, InvalidKey, NotFound
+from drivers.filesystem import FilesystemDriver
 
 MIB = 1024 * 1024
 
@@ -35,6 +41,11 @@ def requests_sent(driver: StorageDriver, action: Callable[[], object]) -> dict[s
     action()
     after = driver.requests.snapshot()
     return {kind: after[kind] - before[kind] for kind in after if after[kind] != before[kind]}
+
+
+def sent_nothing(*drivers: StorageDriver) -> bool:
+    """Whether none of ``drivers`` has sent a request yet."""
+    return not any(count for driver in drivers for count in driver.requests.snapshot().values())
 
 
 def assert_config_error(driver_class: type[StorageDriver], params: dict, field: str) -> None:
@@ -278,3 +289,77 @@ class DriverConformance:
         assert requests_sent(driver, lambda: driver.read("obj")) == {"get": 1}
         assert requests_sent(driver, lambda: driver.delete("obj")) == {"delete": 1}
         assert requests_sent(driver, lambda: list(driver.list())) == {"list": 1}
+
+    # --- optional: server-side copy -------------------------------------------------------
+
+    @pytest.fixture
+    def second_driver(self) -> StorageDriver:
+        pytest.skip("this backend's tests provide no second_driver (another bucket, container "
+                    "or account of the same server) to copy from")
+
+    @pytest.fixture
+    def copy_source(self, driver, request) -> StorageDriver:
+        """``second_driver``, where ``driver`` has server-side copy at all."""
+        if not isinstance(driver, ServerSideCopy):
+            pytest.skip(f"the {driver.kind} driver has no server-side copy")
+        return request.getfixturevalue("second_driver")
+
+    def test_copy_possible_from_the_same_backend_only_and_decided_without_requests(
+            self, driver, copy_source, tmp_path):
+        answers = {}
+
+        def ask():
+            answers["same backend"] = driver.can_copy_from(copy_source)
+            answers["filesystem"] = driver.can_copy_from(FilesystemDriver(str(tmp_path / "fs")))
+
+        assert requests_sent(driver, ask) == {}
+        assert answers == {"same backend": True, "filesystem": False}
+        assert sent_nothing(copy_source)
+
+    @pytest.mark.parametrize("key, size", [
+        ("docker/registry/v2/blobs/sha256/0f/0f00/data", 300_000),
+        ("unicode/ünïcödé/a b+c%20", 100),
+        ("empty", 0),
+    ], ids=["blob", "unusual-key", "empty"])
+    def test_copy_is_one_copy_request_and_returns_the_listed_etag(self, driver, copy_source, key, size):
+        data = os.urandom(size)
+        copy_source.write(key, data)
+        copied = {}
+
+        def copy():
+            copied["etag"] = driver.copy_from(copy_source, key, size)
+
+        source_before = copy_source.requests.snapshot()
+        assert requests_sent(driver, copy) == {"copy": 1}
+        assert copy_source.requests.snapshot() == source_before  # not even a stat
+        assert driver.read(key) == data
+        assert [(info.key, info.size, info.etag) for page in driver.list() for info in page] == \
+            [(key, size, copied["etag"])]
+        assert driver.stat(key).etag == copied["etag"]
+        assert copy_source.read(key) == data
+
+    def test_copy_without_the_size_reads_no_bytes(self, driver, copy_source):
+        data = os.urandom(100_000)
+        copy_source.write("obj", data)
+        source_requests = requests_sent(copy_source, lambda: driver.copy_from(copy_source, "obj"))
+        assert set(source_requests) <= {"head"}
+        assert driver.read("obj", limit=len(data)) == data
+
+    def test_copy_replaces_an_existing_object(self, driver, copy_source):
+        driver.write("obj", b"old")
+        copy_source.write("obj", b"new and longer")
+        driver.copy_from(copy_source, "obj")
+        assert driver.read("obj") == b"new and longer"
+
+    def test_copy_of_a_missing_object_raises_not_found(self, driver, copy_source):
+        copy_source.write("present", b"x")
+        for size in (10, None):
+            with pytest.raises(NotFound):
+                driver.copy_from(copy_source, "missing/obj", size)
+        assert list(driver.list()) == []
+
+    def test_copy_rejects_hostile_keys_before_any_request(self, driver, copy_source):
+        for key in HOSTILE_KEYS:
+            with pytest.raises(InvalidKey):
+                driver.copy_from(copy_source, key)
+        assert sent_nothing(driver, copy_source)

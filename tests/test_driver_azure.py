@@ -2,12 +2,14 @@ import base64
 import uuid
 
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient
 
+import drivers.azure
 from drivers.azure import AzureDriver
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.retry import ATTEMPTS
-from tests.conformance import MIB, DriverConformance, assert_config_error, listed, requests_sent
+from tests.conformance import (MIB, DriverConformance, assert_config_error, listed, requests_sent,
+                               sent_nothing)
 from tests.services import AZURITE_DEV_ACCOUNT, AZURITE_SECOND_ACCOUNT, free_port
 
 SECRET_KEY = base64.b64encode(b"SECRET-ACCOUNT-KEY-" + bytes(range(45))).decode()
@@ -39,10 +41,24 @@ def config(azurite, container):
             "endpoint": f"{azurite.url}/{name}", "chunksize": MIB}
 
 
+@pytest.fixture
+def second_config(azurite, container):
+    """A container of the same name in Azurite's second account (same server)."""
+    name, key = AZURITE_SECOND_ACCOUNT
+    account = connection_string(azurite.url, AZURITE_SECOND_ACCOUNT)
+    BlobServiceClient.from_connection_string(account).create_container(container)
+    return {"accountname": name, "accountkey": key, "container": container,
+            "endpoint": f"{azurite.url}/{name}", "chunksize": MIB}
+
+
 class TestAzure(DriverConformance):
     @pytest.fixture
     def driver(self, config):
         return AzureDriver.from_config({**config, "rootdirectory": "/conformance/"})
+
+    @pytest.fixture
+    def second_driver(self, second_config):
+        return AzureDriver.from_config({**second_config, "rootdirectory": "/second/"})
 
 
 def test_from_config_accepts_distribution_keys(config):
@@ -170,3 +186,110 @@ def test_missing_container_is_not_found(config):
         list(driver.list())
     with pytest.raises(StorageError):
         driver.write("key", b"x")
+
+
+# --- server-side copy -------------------------------------------------------------------------
+
+@pytest.fixture
+def source(second_config):
+    """A driver on the second Azurite account (same server)."""
+    return AzureDriver.from_config({**second_config, "rootdirectory": "/source/"})
+
+
+def test_copy_only_on_the_same_service_from_a_source_with_a_key(azurite, config, second_config):
+    driver = AzureDriver.from_config(config)
+    keyless = {key: value for key, value in second_config.items() if key != "accountkey"}
+    candidates = {
+        "second account": AzureDriver.from_config(second_config),
+        "connection string": AzureDriver.from_config(
+            {"connectionstring": connection_string(azurite.url, AZURITE_SECOND_ACCOUNT),
+             "container": "c"}),
+        "other server": AzureDriver.from_config({**second_config,
+                                                 "endpoint": f"http://127.0.0.2:{azurite.port}/x"}),
+        "no account key": AzureDriver.from_config({**keyless, "endpoint": "https://127.0.0.1:1/x"}),
+    }
+    assert {name: driver.can_copy_from(other) for name, other in candidates.items()} == {
+        "second account": True, "connection string": True, "other server": False,
+        "no account key": False}
+    cloud = {"accountname": "one", "accountkey": SECRET_KEY, "container": "c"}
+    assert AzureDriver.from_config(cloud).can_copy_from(
+        AzureDriver.from_config({**cloud, "accountname": "two"}))
+    assert not AzureDriver.from_config(cloud).can_copy_from(
+        AzureDriver.from_config({**cloud, "realm": "core.chinacloudapi.cn"}))
+    assert sent_nothing(driver, *candidates.values())
+
+
+def test_read_sas_is_read_only_and_never_in_errors(config, source, no_backoff):
+    driver = AzureDriver.from_config(config)
+    source.write("obj", b"x")
+    url = source.signed_read_url("obj", 60)
+    assert "sp=r&" in url and "sig=" in url
+    with pytest.raises(NotFound) as missing:
+        driver.copy_from(source, "missing")
+    assert "sig=" not in str(missing.value) and SECRET_KEY not in str(missing.value)
+
+
+@pytest.fixture
+def pending_copies(monkeypatch):
+    """Azurite finishes every copy at once; this makes the copy look pending ``looks`` times."""
+    real_start, real_properties = BlobClient.start_copy_from_url, BlobClient.get_blob_properties
+    state = {"looks": 0, "aborted": []}
+
+    def start_copy_from_url(self, url, **args):
+        return {**real_start(self, url, **args), "copy_status": "pending"}
+
+    def get_blob_properties(self, **args):
+        properties = real_properties(self, **args)
+        if state["looks"] > 0:
+            state["looks"] -= 1
+            properties.copy.status = "pending"
+        return properties
+
+    monkeypatch.setattr(BlobClient, "start_copy_from_url", start_copy_from_url)
+    monkeypatch.setattr(BlobClient, "get_blob_properties", get_blob_properties)
+    monkeypatch.setattr(BlobClient, "abort_copy",
+                        lambda self, copy_id, **args: state["aborted"].append(copy_id))
+    monkeypatch.setattr(drivers.azure, "COPY_POLL", (0.01, 0.05))
+    return state
+
+
+def test_pending_copy_is_watched_until_it_succeeds(config, source, pending_copies):
+    driver = AzureDriver.from_config(config)
+    source.write("obj", b"copied")
+    pending_copies["looks"] = 2
+    etags = []
+    assert requests_sent(driver, lambda: etags.append(driver.copy_from(source, "obj"))) == \
+        {"copy": 1, "head": 3}
+    assert [driver.stat("obj").etag] == etags and driver.read("obj") == b"copied"
+
+
+def test_copy_pending_too_long_is_aborted_and_leaves_nothing(blobs, config, source, pending_copies):
+    driver = AzureDriver.from_config(config)
+    driver.copy_wait = 0.2
+    source.write("obj", b"never arrives")
+    pending_copies["looks"] = 1_000_000
+    with pytest.raises(TransientError, match="still pending after 0.2 s; aborted"):
+        driver.copy_from(source, "obj")
+    assert len(pending_copies["aborted"]) == 1
+    assert list(blobs.get_container_client(config["container"]).list_blob_names()) == []
+
+
+def test_unfinished_copies_are_neither_listed_nor_stated(config, monkeypatch):
+    driver = AzureDriver.from_config(config)
+    driver.write("done", b"x")
+    driver.write("copying", b"x")
+    real_properties = BlobClient.get_blob_properties
+
+    def get_blob_properties(self, **args):
+        properties = real_properties(self, **args)
+        properties.copy.status = "pending"
+        return properties
+
+    monkeypatch.setattr(BlobClient, "get_blob_properties", get_blob_properties)
+    with pytest.raises(NotFound, match="a copy to it is pending"):
+        driver.stat("copying")
+    for status, shown in ((None, True), ("success", True), ("pending", False), ("aborted", False),
+                          ("failed", False)):
+        properties = BlobProperties()
+        properties.copy.status = status
+        assert drivers.azure._finished(properties) is shown, status

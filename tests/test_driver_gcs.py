@@ -12,7 +12,8 @@ from google.cloud import storage
 from drivers.errors import AccessDenied, ConfigError, NotFound, TransientError
 from drivers.gcs import GCSDriver
 from drivers.retry import ATTEMPTS
-from tests.conformance import MIB, DriverConformance, assert_config_error, listed, requests_sent
+from tests.conformance import (MIB, DriverConformance, assert_config_error, listed, requests_sent,
+                               sent_nothing)
 from tests.services import free_port
 
 
@@ -49,6 +50,12 @@ class TestGCS(DriverConformance):
     @pytest.fixture
     def driver(self, config):
         return GCSDriver.from_config({**config, "rootdirectory": "/conformance/"})
+
+    @pytest.fixture
+    def second_driver(self, gcs, config):
+        """Another bucket of the same fake-gcs-server."""
+        other = gcs.create_bucket(f"test-{uuid.uuid4().hex}").name
+        return GCSDriver.from_config({**config, "bucket": other, "rootdirectory": "/second/"})
 
 
 def test_from_config_accepts_distribution_keys(config, tmp_path, service_account):
@@ -258,3 +265,58 @@ def test_missing_bucket_is_not_found(config):
         list(driver.list())
     with pytest.raises(NotFound):
         driver.write("key", b"x")
+
+
+# --- server-side copy -------------------------------------------------------------------------
+
+@pytest.fixture
+def source(gcs, config):
+    """A driver on another bucket of the same fake-gcs-server."""
+    other = gcs.create_bucket(f"test-{uuid.uuid4().hex}").name
+    return GCSDriver.from_config({**config, "bucket": other, "rootdirectory": "/source/"})
+
+
+def test_copy_only_between_the_same_endpoint_and_credentials(config, service_account):
+    driver = GCSDriver.from_config(config)
+    robot = GCSDriver.from_config({**config, "credentials": service_account})
+    other_robot = {**service_account, "client_email": "other@replicator-test.iam.gserviceaccount.com"}
+    candidates = {
+        "other bucket": GCSDriver.from_config({**config, "bucket": "other", "rootdirectory": "r"}),
+        "other endpoint": GCSDriver.from_config({**config, "endpoint": "http://127.0.0.2:4443"}),
+        "service account": robot,
+    }
+    assert {name: driver.can_copy_from(other) for name, other in candidates.items()} == {
+        "other bucket": True, "other endpoint": False, "service account": False}
+    assert robot.can_copy_from(
+        GCSDriver.from_config({**config, "bucket": "b", "credentials": service_account}))
+    assert not robot.can_copy_from(GCSDriver.from_config({**config, "credentials": other_robot}))
+    assert sent_nothing(driver, *candidates.values())
+
+
+def test_rewrite_goes_on_with_its_token_until_done(config, source, monkeypatch):
+    """fake-gcs-server finishes every rewrite in one call; real GCS may answer ``done: false``
+    with a token (large objects, other locations or storage classes), as the first answer here."""
+    driver = GCSDriver.from_config(config)
+    source.write("obj", b"rewritten")
+    real_request = driver._session.request
+    rewrites = []
+
+    def request(method, url, **args):
+        if "/rewriteTo/" in url:
+            rewrites.append(url)
+            if len(rewrites) == 1:
+                answer = requests.Response()
+                answer.status_code = 200
+                answer.headers["Content-Type"] = "application/json"
+                answer._content = json.dumps({"kind": "storage#rewriteResponse", "done": False,
+                                              "totalBytesRewritten": "0", "objectSize": "9",
+                                              "rewriteToken": "token-1"}).encode()
+                return answer
+        return real_request(method, url, **args)
+
+    monkeypatch.setattr(driver._session, "request", request)
+    etag = driver.copy_from(source, "obj")
+    assert len(rewrites) == 2
+    assert "rewriteToken" not in rewrites[0] and "rewriteToken=token-1" in rewrites[1]
+    assert driver.read("obj") == b"rewritten"
+    assert driver.stat("obj").etag == etag

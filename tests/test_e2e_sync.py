@@ -72,6 +72,10 @@ def run_cli(config_path: Path) -> subprocess.CompletedProcess:
 def config_document(storage: dict[str, dict], state_path: Path) -> dict:
     return {
         "state": {"path": str(state_path)},
+        # primary and replica share moto and credentials, so blobs would be copied server-side,
+        # unhashed; this module proves the streamed, hashed copy (corrupt blobs never land).
+        # Server-side copy is proven in tests/test_e2e_cross_cloud.py.
+        "server_side_copy": False,
         "regions": {name: {"storage": block} for name, block in storage.items()},
         "policies": [{
             "name": "prod",

@@ -1,0 +1,141 @@
+"""BlobCopier's server-side copies, on filesystem regions whose destination pretends to have
+the ability (so that every path, refusals included, runs without a cloud emulator).
+
+What holds: a blob of known size is copied storage to storage after its size at the source is
+checked; bytes never stream through the replicator for it; manifests are still written from
+memory; a refused copy falls back to streaming for the rest of the pass; the switch turns it off.
+"""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from drivers.base import ServerSideCopy, StorageDriver, check_key
+from drivers.errors import AccessDenied, ConfigError, NotFound
+from drivers.filesystem import FilesystemDriver
+from replicator import config as config_module
+from replicator import layout, sample_images
+from replicator.config import Region
+from replicator.verify import verify
+from tests.test_engine import make_config, published, sync
+
+BASE = sample_images.layer({"base": b"shared base layer" * 100})
+WEB = sample_images.image([BASE, sample_images.layer({"web": b"web"})])
+MULTI = sample_images.index([WEB, sample_images.image([BASE, sample_images.layer({"web": b"arm"})],
+                                                      architecture="arm64")])
+TOOLS = sample_images.image([BASE, sample_images.layer({"tools": b"tools"})])
+IMAGES = {("web", "1.0"): WEB, ("web", "multi"): MULTI, ("tools/cli", "latest"): TOOLS}
+MANIFESTS = {image.digest: image.manifest for top in IMAGES.values() for image in (top, *top.children)}
+BLOBS = {blob.digest: blob for image in IMAGES.values() for blob in image.all_blobs()
+         if blob.digest not in MANIFESTS}
+
+
+class CopyingFilesystem(FilesystemDriver, ServerSideCopy):
+    """A filesystem that copies from another filesystem "server-side": the file's bytes go
+    from path to path without the caller reading them. ``refuse`` makes it answer AccessDenied."""
+
+    refuse = False
+
+    def can_copy_from(self, source: StorageDriver) -> bool:
+        return isinstance(source, FilesystemDriver)
+
+    def copy_from(self, source: StorageDriver, key: str, size: int | None = None) -> str:
+        check_key(key)
+        self.requests.add("copy")
+        if self.refuse:
+            raise AccessDenied(f"copy {key}: refused")
+        try:
+            data = Path(source._path(key)).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        return self.write(key, data)
+
+
+@pytest.fixture
+def config(tmp_path):
+    config = published(make_config(tmp_path), IMAGES)
+    config.regions["dst"] = Region("dst", CopyingFilesystem(str(tmp_path / "dst")))
+    return config
+
+
+def storage(config, region):
+    return config.regions[region].storage
+
+
+def test_blobs_are_copied_server_side_and_only_manifests_stream(config):
+    source_before = storage(config, "src").requests.snapshot()
+    report = sync(config, concurrency=1)  # exact counts: tags sharing a manifest may both read it
+    assert (report.tags_replicated, report.tags_failed) == (len(IMAGES), 0)
+    assert report.blobs_copied == report.server_side_copies == len(BLOBS)
+    assert report.server_side_bytes == sum(len(blob.data) for blob in BLOBS.values())
+    assert report.manifests_copied == len(MANIFESTS)
+    assert report.bytes_copied == sum(len(blob.data) for blob in MANIFESTS.values())
+    source = storage(config, "src").requests.snapshot()
+    assert source["head"] - source_before["head"] == len(BLOBS)  # each blob's size, no bytes
+    assert source["get"] - source_before["get"] == len(IMAGES) + len(MANIFESTS)  # links, manifests
+    assert storage(config, "dst").requests.snapshot()["copy"] == len(BLOBS)
+    result = verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True)
+    assert result.drift == []
+
+
+def test_the_switch_turns_server_side_copy_off(config):
+    report = sync(config, server_side_copy=False)
+    assert (report.blobs_copied, report.server_side_copies, report.server_side_bytes) == \
+        (len(BLOBS), 0, 0)
+    assert report.bytes_copied == sum(len(b.data) for b in (*BLOBS.values(), *MANIFESTS.values()))
+    assert storage(config, "dst").requests.snapshot()["copy"] == 0
+
+
+def test_a_refused_copy_streams_that_blob_and_every_later_one(config, caplog):
+    storage(config, "dst").refuse = True
+    with caplog.at_level(logging.WARNING, logger="replicator.copier"):
+        report = sync(config, concurrency=1)
+    assert (report.tags_replicated, report.tags_failed) == (len(IMAGES), 0)
+    assert (report.blobs_copied, report.server_side_copies) == (len(BLOBS), 0)
+    assert storage(config, "dst").requests.snapshot()["copy"] == 1
+    [warning] = [record.message for record in caplog.records if "server-side copy" in record.message]
+    assert warning.startswith(f"server-side copy to {storage(config, 'dst').describe()} refused (copy ")
+    assert warning.endswith(": refused); streaming blobs through the replicator instead for the "
+                            "rest of this pass")
+    assert verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+
+
+@pytest.mark.parametrize("spoil, reason", [
+    (lambda path: path.write_bytes(b"shorter"), "is 7 bytes at the source, the manifest says"),
+    (lambda path: path.unlink(), "is missing at the source"),
+], ids=["other-size", "missing"])
+def test_a_blob_of_the_wrong_size_or_missing_fails_its_tags_before_any_copy(config, spoil, reason):
+    layer = TOOLS.blobs[-1]
+    spoil(Path(storage(config, "src")._path(layout.blob_key(layer.digest))))
+    report = sync(config)
+    assert [(f.repository, f.tag) for f in report.failures] == [("tools/cli", "latest")]
+    assert layer.digest in report.failures[0].error and reason in report.failures[0].error
+    assert report.server_side_copies == len(BLOBS) - 1
+    with pytest.raises(NotFound):
+        storage(config, "dst").stat(layout.blob_key(layer.digest))
+    assert storage(config, "dst").requests.snapshot()["copy"] == len(BLOBS) - 1
+
+
+def test_same_size_corruption_is_left_to_verify_deep(config):
+    """The price of not streaming: a same-size corrupt blob is copied as it is; the deep verify
+    (which re-hashes every blob at the destination) names it."""
+    layer = WEB.blobs[-1]
+    path = Path(storage(config, "src")._path(layout.blob_key(layer.digest)))
+    path.write_bytes(layer.data[:-1] + bytes([layer.data[-1] ^ 0xFF]))
+    assert sync(config).tags_failed == 0
+    drift = verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift
+    assert {(item.kind, item.repository, item.tag) for item in drift} == \
+        {("wrong-digest", "web", "1.0")}
+
+
+def test_server_side_copy_config(tmp_path):
+    document = {"regions": {"a": {"storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}},
+                "policies": [{"name": "p", "source": "a", "destinations": ["a"]}]}
+    document["regions"]["b"] = document["regions"]["a"]
+    document["policies"][0]["destinations"] = ["b"]
+    assert config_module.parse(document).server_side_copy is True
+    assert config_module.parse({**document, "server_side_copy": False}).server_side_copy is False
+    with pytest.raises(ConfigError) as caught:
+        config_module.parse({**document, "server_side_copy": "no"})
+    assert caught.value.field == "server_side_copy"
