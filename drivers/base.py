@@ -260,6 +260,17 @@ class StorageDriver(ABC):
     def delete(self, key: str) -> None:
         """Delete the object. Deleting a missing key is not an error."""
 
+    def sweep_abandoned_uploads(self, prefix: str, older_than: float) -> int:
+        """Discard incomplete uploads under ``prefix`` started over ``older_than`` seconds ago
+        (by a process killed mid-copy); how many. Raises ``StorageError``.
+
+        Incomplete uploads are never visible as objects. This default sweeps nothing: it suits
+        drivers whose incomplete uploads expire by themselves (Azure's uncommitted blocks,
+        GCS's resumable sessions, both after a week).
+        """
+        check_prefix(prefix)
+        return 0
+
     def read(self, key: str, limit: int = SMALL_READ_LIMIT) -> bytes:
         """Return the whole object. Raises ``NotFound``, or ``ObjectTooLarge`` past ``limit``."""
         data = bytearray()

@@ -118,6 +118,24 @@ class FilesystemDriver(StorageDriver):
         if page:
             yield page
 
+    def sweep_abandoned_uploads(self, prefix: str, older_than: float) -> int:
+        """As :meth:`StorageDriver.sweep_abandoned_uploads`; temporary files carry no key, so
+        every stale one in the temporary area goes, whatever ``prefix``."""
+        check_prefix(prefix)
+        cutoff = time.time() - older_than
+        swept = 0
+        with _os_errors("sweep", TEMP_DIR):
+            try:
+                entries = list(os.scandir(self._temp))
+            except FileNotFoundError:
+                return 0
+            for entry in entries:
+                with suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                        os.unlink(entry.path)
+                        swept += 1
+        return swept
+
     def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
         with _os_errors("list", prefix):
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import time
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -258,6 +259,53 @@ class S3Driver(StorageDriver, ServerSideCopy):
 
         return retrying(attempt)
 
+    def create_upload(self, key: str) -> str:
+        """Start a multipart upload at ``key``; its id. If an attempt whose answer was lost may
+        have created an upload anyway, every other upload at exactly ``key`` is aborted, so
+        none is left behind (a concurrent writer of the same key then fails and retries)."""
+        failures = []
+
+        def attempt() -> dict:
+            try:
+                with self._errors("create_multipart_upload", key):
+                    return self._client.create_multipart_upload(Bucket=self.bucket, Key=self.root + key,
+                                                                **self.put_args)
+            except TransientError:
+                failures.append(True)
+                raise
+
+        upload_id = retrying(attempt)["UploadId"]
+        if failures:
+            for other_key, other_id, _ in self._uploads(key):
+                if other_key == key and other_id != upload_id:
+                    self.abort_upload(key, other_id)
+        return upload_id
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload; one that is already gone is not an error."""
+        with suppress(NotFound):
+            self._call("abort_multipart_upload", key, Key=self.root + key, UploadId=upload_id)
+
+    def _uploads(self, prefix: str) -> Iterator[tuple[str, str, float]]:
+        """(key, upload id, initiated) of every incomplete multipart upload under ``prefix``."""
+        args = {"Prefix": self.root + prefix}
+        while True:
+            page = self._call("list_multipart_uploads", prefix, **args)
+            for upload in page.get("Uploads", []):
+                yield upload["Key"][len(self.root):], upload["UploadId"], upload["Initiated"].timestamp()
+            if not page.get("IsTruncated"):
+                return
+            args.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+    def sweep_abandoned_uploads(self, prefix: str, older_than: float) -> int:
+        check_prefix(prefix)
+        cutoff = time.time() - older_than
+        abandoned = [(key, upload_id) for key, upload_id, initiated in self._uploads(prefix)
+                     if initiated <= cutoff]
+        for key, upload_id in abandoned:
+            self.abort_upload(key, upload_id)
+        return len(abandoned)
+
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)
         args = {"Prefix": self.root + prefix, "MaxKeys": PAGE_SIZE}
@@ -322,8 +370,7 @@ class S3Driver(StorageDriver, ServerSideCopy):
     def _copy_parts(self, key: str, copy_source: dict, size: int) -> str:
         """A multipart upload of UploadPartCopy parts, aborted if anything fails."""
         part_size = max(self.copy_chunk_size, -(-size // MAX_PARTS))
-        upload = self._call("create_multipart_upload", key, Key=self.root + key, **self.put_args)
-        args = {"Key": self.root + key, "UploadId": upload["UploadId"]}
+        args = {"Key": self.root + key, "UploadId": self.create_upload(key)}
 
         def copy_part(number: int, start: int) -> dict:
             last = min(start + part_size, size) - 1
@@ -371,8 +418,7 @@ class _MultipartWriter(ChunkedWriter):
 
     def _upload_part(self, size: int) -> None:
         if self._upload_id is None:
-            created = self._upload("create_multipart_upload", **self._driver.put_args)
-            self._upload_id = created["UploadId"]
+            self._upload_id = self._driver.create_upload(self._key)
         number = len(self._parts) + 1
         part = bytes(self._buffer[:size])
         response = self._upload("upload_part", UploadId=self._upload_id, PartNumber=number, Body=part)

@@ -129,9 +129,9 @@ def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
-    options = RunOptions(concurrency=config.concurrency, dry_run=args.dry_run, audit=args.audit,
-                         shard=_shard(args), on_pass=progress.start_pass if progress else None,
-                         server_side_copy=config.server_side_copy)
+    options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
+                                     shard=_shard(args),
+                                     on_pass=progress.start_pass if progress else None)
     started = time.monotonic()
     reports: list[PassReport] = []
     state = StateStore(config.state_path)

@@ -25,6 +25,7 @@ from drivers.errors import ConfigError
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
 DEFAULT_AUDIT_INTERVAL = 86400.0
+DEFAULT_ABANDONED_UPLOADS = 3600.0
 DEFAULT_LISTEN = "0.0.0.0:9100"
 DEFAULT_DEBOUNCE = 1.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
@@ -94,6 +95,8 @@ class Config:
     audit_interval: float
     server_side_copy: bool = True
     """Let a destination's storage copy blobs from the source's itself where it can."""
+    abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
+    """Incomplete uploads (of a process killed mid-copy) older than this are discarded."""
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -136,27 +139,31 @@ def expand(value: object, field: str) -> object:
 def parse(document: object, base: Path = Path(".")) -> Config:
     """Validate an expanded document. Relative state paths are taken from ``base``."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
-                                   "audit_interval", "server_side_copy"})
+                                   "audit_interval", "server_side_copy", "abandoned_uploads_after"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
     audit_interval = duration(root.get("audit_interval", DEFAULT_AUDIT_INTERVAL), "audit_interval")
+    abandoned = duration(root.get("abandoned_uploads_after", DEFAULT_ABANDONED_UPLOADS),
+                         "abandoned_uploads_after", allow_zero=True)
     server_side_copy = root.get("server_side_copy", True)
     if not isinstance(server_side_copy, bool):
         raise ConfigError("server_side_copy", "must be true or false")
     regions = _regions(root.get("regions"))
     policies = _policies(root.get("policies"), regions)
     return Config(base / state_path, regions, policies, concurrency,
-                  _server(root.get("server", {})), audit_interval, server_side_copy)
+                  _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
 
 
-def duration(value: object, field: str) -> float:
+def duration(value: object, field: str, allow_zero: bool = False) -> float:
     """Seconds from a number or a string like ``90s``, ``5m``, ``1h``, ``1d``."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    lowest = 0 if allow_zero else 1e-9
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= lowest:
         return float(value)
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
-    if not match or float(match[1]) <= 0:
-        raise ConfigError(field, "must be a positive duration such as 30s, 5m, 1h or 1d")
+    if not match or float(match[1]) < lowest:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(field, f"must be a {kind} duration such as 30s, 5m, 1h or 1d")
     return float(match[1]) * _UNITS[match[2]]
 
 

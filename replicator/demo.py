@@ -69,9 +69,9 @@ def run(workdir: Path) -> int:
 
     policy = config.policies[0]
     state = StateStore(config.state_path)
-    first = run_policy(config, policy, state, RunOptions())
+    first = run_policy(config, policy, state, RunOptions.from_config(config))
     print("First pass:\n" + run_text(first, 0, False).rsplit("\n", 1)[0])
-    second = run_policy(config, policy, state, RunOptions())
+    second = run_policy(config, policy, state, RunOptions.from_config(config))
     state.close()
     copied_again = sum(r.blobs_copied + r.manifests_copied for r in second)
     print(f"Second pass: {copied_again} objects copied (nothing changed at the source).")

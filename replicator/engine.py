@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
 from drivers.errors import NotFound, StorageError
 from replicator import layout
-from replicator.config import Config, Policy, Region
+from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier, ReplicationError
 from replicator.filters import policy_selects
 from replicator.inventory import Inventory
@@ -73,6 +73,13 @@ class RunOptions:
     on_pass: Callable[[PassReport, list[tuple[str, str]]], None] | None = None
     server_side_copy: bool = True
     """Let a destination's storage copy blobs from the source's where it can (``BlobCopier``)."""
+    abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
+    """A full pass first discards the destination's incomplete uploads older than this."""
+
+    @classmethod
+    def from_config(cls, config: Config, **options) -> RunOptions:
+        return cls(concurrency=config.concurrency, server_side_copy=config.server_side_copy,
+                   abandoned_uploads_after=config.abandoned_uploads_after, **options)
 
 
 class SourceReader:
@@ -142,6 +149,12 @@ class DestinationPass:
 
     def run(self) -> PassReport:
         started = time.time()
+        if self.repository is None and not self.options.dry_run:
+            swept = self.destination.sweep_abandoned_uploads(layout.BLOBS_PREFIX,
+                                                             self.options.abandoned_uploads_after)
+            if swept:
+                log.info("discarded %d abandoned uploads at %s", swept, self.destination_name,
+                         extra={"destination": self.destination_name})
         self.inventory.add(self.destination.list(_listing_prefix(self.repository)), self.repository)
         self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
                               self.options.audit)

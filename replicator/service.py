@@ -92,9 +92,8 @@ class Service:
             if self.stopping.is_set():
                 return []
             audit = repository is None and self._audit_due(policy)
-            options = RunOptions(concurrency=self.config.concurrency, audit=audit,
-                                 backoff=RETRY_BACKOFF, stop=self.stopping, shard=self.shard,
-                                 server_side_copy=self.config.server_side_copy)
+            options = RunOptions.from_config(self.config, audit=audit, backoff=RETRY_BACKOFF,
+                                             stop=self.stopping, shard=self.shard)
             started = time.monotonic()
             reports = run_policy(self.config, policy, self.state, options, repository)
             duration = time.monotonic() - started

@@ -84,3 +84,19 @@ def test_delete_removes_empty_parent_directories(root):
     driver.delete("a/other")
     assert not (root / "a").exists()
     assert root.is_dir()
+
+
+def test_stale_temporary_files_are_swept_and_fresh_ones_kept(tmp_path):
+    driver = FilesystemDriver(str(tmp_path))
+    stale = driver.writer("blobs/stale")
+    stale.write(b"killed mid-copy")
+    fresh = driver.writer("blobs/fresh")
+    fresh.write(b"still being written")
+    temp = tmp_path / TEMP_DIR
+    [stale_file] = [path for path in temp.iterdir() if str(path) == stale._temp]
+    os.utime(stale_file, (0, 0))
+    assert driver.sweep_abandoned_uploads("blobs/", older_than=3600) == 1
+    assert [str(path) for path in temp.iterdir()] == [fresh._temp]
+    fresh.abort()
+    stale.abort()
+    assert driver.sweep_abandoned_uploads("blobs/", older_than=0) == 0

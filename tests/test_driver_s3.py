@@ -298,3 +298,13 @@ def test_failed_multipart_copy_leaves_no_upload(s3, config, source, monkeypatch,
     assert driver.requests.snapshot()["delete"] == 1  # the abort
     assert "Uploads" not in s3.list_multipart_uploads(Bucket=config["bucket"])
     assert list(driver.list()) == []
+
+
+def test_abandoned_uploads_under_the_prefix_are_swept_when_old_enough(s3, config):
+    driver = S3Driver.from_config({**config, "rootdirectory": "/registry"})
+    for key in ("blobs/a/data", "blobs/b/data", "repositories/x/_uploads/1/data"):
+        s3.create_multipart_upload(Bucket=config["bucket"], Key="registry/" + key)
+    assert driver.sweep_abandoned_uploads("blobs/", older_than=10 * 365 * 86400 * 100) == 0
+    assert driver.sweep_abandoned_uploads("blobs/", older_than=0) == 2  # moto dates them 2010
+    left = [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=config["bucket"])["Uploads"]]
+    assert left == ["registry/repositories/x/_uploads/1/data"]

@@ -190,10 +190,6 @@ def test_reads_resume_where_a_mid_body_reset_broke_them(moto, bucket, no_backoff
     print(f"\nresumed read of 12 MiB: {gets}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug: drivers/s3.py retries CreateMultipartUpload blindly (_MultipartWriter."
-    "_upload_part, S3Driver._copy_parts); when S3 created the upload but its answer was lost, "
-    "that upload is never completed nor aborted (DESIGN invariant 6)"))
 @pytest.mark.parametrize("how", ["stream", "server-side"])
 def test_a_lost_create_multipart_answer_leaves_no_upload_behind(moto, bucket, no_backoff, how):
     with FaultProxy(moto.url, rate=1.0, faults=["reset_body"], limit=1,
@@ -347,8 +343,7 @@ def test_passes_under_faults_converge_to_an_identical_destination(
         outcomes, reasons = converge(config)
     assert_identical(moto, source, destination_bucket)
     leftovers = leftover_uploads(moto, destination_bucket)
-    # Only uploads whose creation answer the proxy destroyed may remain: see the xfail above.
-    assert set(leftovers) <= set(proxy.lost_uploads)
+    assert leftovers == []
     assert (proxy.requests["copy"] > 0) == (route == "server-side")
     multipart = sum(event.method == "POST" and event.target.endswith("?uploads")
                     for event in proxy.events)
