@@ -36,8 +36,11 @@ class Metrics:
                                        DESTINATION, registry=self.registry)
         self.blobs_copied = Counter("replicator_blobs_copied", "Blobs and manifests copied to a destination.",
                                     DESTINATION, registry=self.registry)
-        self.bytes_copied = Counter("replicator_bytes_copied", "Bytes copied to a destination.",
-                                    DESTINATION, registry=self.registry)
+        self.bytes_copied = Counter("replicator_bytes_copied", "Bytes streamed through the "
+                                    "replicator to a destination.", DESTINATION, registry=self.registry)
+        self.server_side_bytes = Counter("replicator_server_side_bytes", "Bytes a destination's "
+                                         "storage copied from the source's itself.", DESTINATION,
+                                         registry=self.registry)
         self.errors = Counter("replicator_errors", "Tags that failed in a pass, by kind of error.",
                               ("destination", "kind"), registry=self.registry)
         self.events = Counter("replicator_events_received", "Registry notification events received.",
@@ -58,6 +61,7 @@ class Metrics:
         self.tags_replicated.labels(*labels).inc(report.tags_replicated)
         self.blobs_copied.labels(*labels).inc(report.blobs_copied + report.manifests_copied)
         self.bytes_copied.labels(*labels).inc(report.bytes_copied)
+        self.server_side_bytes.labels(*labels).inc(report.server_side_bytes)
         for failure in report.failures:
             if failure.kind != "deferred":
                 self.errors.labels(report.destination, failure.kind).inc()
