@@ -74,7 +74,8 @@ class RunOptions:
     server_side_copy: bool = True
     """Let a destination's storage copy blobs from the source's where it can (``BlobCopier``)."""
     abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
-    """A full pass first discards the destination's incomplete uploads older than this."""
+    """After a pass that died (or in an audit), a full pass first discards the destination's
+    incomplete uploads older than this."""
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -150,11 +151,9 @@ class DestinationPass:
     def run(self) -> PassReport:
         started = time.time()
         if self.repository is None and not self.options.dry_run:
-            swept = self.destination.sweep_abandoned_uploads(layout.BLOBS_PREFIX,
-                                                             self.options.abandoned_uploads_after)
-            if swept:
-                log.info("discarded %d abandoned uploads at %s", swept, self.destination_name,
-                         extra={"destination": self.destination_name})
+            died = self.state.begin_pass(self.policy.name, self.destination_name, started)
+            if died or self.options.audit:
+                self._sweep_abandoned_uploads()
         self.inventory.add(self.destination.list(_listing_prefix(self.repository)), self.repository)
         self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
                               self.options.audit)
@@ -177,6 +176,13 @@ class DestinationPass:
                 self.report.count(f"purges_{result}", getattr(outcome, result))
         return self.report
 
+    def _sweep_abandoned_uploads(self) -> None:
+        swept = self.destination.sweep_abandoned_uploads(layout.BLOBS_PREFIX,
+                                                         self.options.abandoned_uploads_after)
+        if swept:
+            log.info("discarded %d abandoned uploads at %s", swept, self.destination_name,
+                     extra={"destination": self.destination_name})
+
     def _record(self, started: float) -> None:
         pending = {key: info.mtime for key, info in self.source_tags.items() if key not in self.in_sync}
         self.state.replace_pending(self.policy.name, self.destination_name, pending,
@@ -186,6 +192,7 @@ class DestinationPass:
                 self.policy.name, self.policy.source, self.destination_name, started, time.time(),
                 self.report.tags_failed == 0 and not pending, self.report.counts(),
                 self.options.audit))
+            self.state.end_pass(self.policy.name, self.destination_name)
         self.state.flush()
 
     def _replicate_tag(self, name: str, tag: str) -> None:
@@ -388,4 +395,5 @@ def _failed_pass(policy: Policy, destination: str, error: StorageError, state: S
     if not options.dry_run and repository is None:
         state.record_pass(PassRecord(policy.name, policy.source, destination, started, time.time(),
                                      False, report.counts(), options.audit))
+        state.end_pass(policy.name, destination)
     return report

@@ -62,6 +62,12 @@ def _pending_noted(db: sqlite_utils.Database) -> None:
     db["pending"].add_column("noted", float, not_null_default=0.0)
 
 
+@migrations(name="0004_running_passes")
+def _running_passes(db: sqlite_utils.Database) -> None:
+    db["running"].create({"policy": str, "destination": str, "started": float},
+                         pk=("policy", "destination"))
+
+
 @dataclass(frozen=True)
 class PurgeItem:
     """``generation`` counts the changes this URL was enqueued for; with the URL it names one
@@ -175,6 +181,20 @@ class StateStore:
                                       "destination": record.destination, "started": record.started,
                                       "finished": record.finished, "ok": int(record.ok),
                                       "audit": int(record.audit), "counts": json.dumps(record.counts)})
+
+    def begin_pass(self, policy: str, destination: str, started: float) -> bool:
+        """Note a full pass as running; True if the previous one never ended (the process died)."""
+        with self._lock, self.db.conn:
+            died = bool(list(self.db.query("select 1 from running where policy = ? and destination = ?",
+                                           [policy, destination])))
+            self.db["running"].upsert({"policy": policy, "destination": destination, "started": started},
+                                      pk=("policy", "destination"))
+        return died
+
+    def end_pass(self, policy: str, destination: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from running where policy = ? and destination = ?",
+                            [policy, destination])
 
     def last_pass(self, policy: str, destination: str, *, ok_only: bool = False,
                   audit_only: bool = False) -> PassRecord | None:

