@@ -27,9 +27,10 @@ from azure.storage.blob import (BlobClient, BlobProperties, BlobSasPermissions, 
                                 generate_blob_sas)
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, ServerSideCopy,
-                          StorageDriver, check_key, check_prefix, error_for_status, parse_parameters,
-                          token_pages, without_url_queries)
+                          StorageDriver, check_key, check_prefix, error_for_status, token_pages,
+                          without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
+from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
 
 T = TypeVar("T")
@@ -57,7 +58,7 @@ PARAMETERS: dict[str, type] = {
 ``http://127.0.0.1:PORT/ACCOUNT``), ``chunksize`` (the block size of streamed uploads and
 ranged reads) and ``maxconcurrency`` (the size of the HTTP connection pool)."""
 
-MINIMUMS = {"chunksize": MIB, "maxconcurrency": 1}
+LIMITS = {"chunksize": (MIB, None), "maxconcurrency": (1, None)}
 
 _BROKEN_CONNECTION = (ServiceRequestError, ServiceResponseError, IncompleteReadError,
                       requests.ConnectionError, ConnectionError, TimeoutError)
@@ -132,10 +133,8 @@ class AzureDriver(StorageDriver, ServerSideCopy):
 
     @classmethod
     def from_config(cls, params: dict) -> AzureDriver:
-        config = parse_parameters(params, PARAMETERS, MINIMUMS)
-        if not config.get("container"):
-            raise ConfigError("container", "is required")
-        options = {"root": config["rootdirectory"],
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("container",))
+        options = {"root": root_prefix(config.get("rootdirectory", "")),
                    "chunk_size": config.get("chunksize", DEFAULT_CHUNK_SIZE),
                    "max_connections": config.get("maxconcurrency", DEFAULT_MAX_CONCURRENCY)}
         if "connectionstring" in config:

@@ -23,8 +23,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import ClassVar
 
-from drivers.errors import (AccessDenied, ConfigError, InvalidKey, NotFound, PreconditionFailed,
-                            StorageError, TransientError)
+from drivers.errors import (AccessDenied, InvalidKey, NotFound, PreconditionFailed, StorageError,
+                            TransientError)
 from drivers.retry import ATTEMPTS, pause
 
 REQUEST_KINDS = ("list", "get", "head", "put", "copy", "delete")
@@ -91,40 +91,6 @@ def check_prefix(prefix: str) -> str:
             raise InvalidKey(f"invalid prefix {prefix!r}: must end with '/'")
         check_key(prefix[:-1])
     return prefix
-
-
-def parse_parameters(params: dict, types: dict[str, type], minimums: dict[str, int]) -> dict:
-    """Check a ``storage.<kind>`` block against ``types`` and return its non-null values.
-
-    ``types`` maps every known parameter to ``str``, ``int``, ``bool`` or ``object`` (anything).
-    ``"true"``/``"false"`` and digit strings count as booleans and integers, as YAML and
-    environment overrides give them; an integer must be at least ``minimums.get(name, 0)``.
-    ``rootdirectory`` becomes a key prefix, ``""`` or ``"some/path/"``. Raises ``ConfigError``
-    naming the first unknown or ill-typed parameter; never quotes a value.
-    """
-    config = {}
-    for name, value in params.items():
-        kind = types.get(name)
-        if kind is None:
-            raise ConfigError(str(name), "unknown parameter")
-        if value is None:
-            continue
-        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        elif kind is int and isinstance(value, str) and value.isdecimal():
-            value = int(value)
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)
-                            or value < minimums.get(name, 0)):
-            raise ConfigError(name, f"must be an integer of at least {minimums.get(name, 0)}")
-        if kind in (bool, str) and not isinstance(value, kind):
-            raise ConfigError(name, "must be true or false" if kind is bool else "must be a string")
-        config[name] = value
-    root = config.get("rootdirectory", "").strip("/")
-    try:
-        config["rootdirectory"] = check_key(root) + "/" if root else ""
-    except InvalidKey:
-        raise ConfigError("rootdirectory", "must be a plain /-separated path") from None
-    return config
 
 
 def token_pages(fetch: Callable[[str | None], tuple[list[ObjectInfo], str | None]],

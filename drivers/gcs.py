@@ -30,8 +30,9 @@ from google.oauth2 import service_account
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
                           ServerSideCopy, StorageDriver, check_key, check_prefix, error_for_status,
-                          parse_parameters, token_pages, without_url_queries)
+                          token_pages, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
+from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
 
 T = TypeVar("T")
@@ -55,7 +56,7 @@ PARAMETERS: dict[str, type] = {
 """Distribution's GCS parameters (``maxconcurrency`` sizes the HTTP connection pool), plus
 ``endpoint`` (an emulator or private endpoint) and ``project``."""
 
-MINIMUMS = {"chunksize": UPLOAD_QUANTUM, "maxconcurrency": 1}
+LIMITS = {"chunksize": (UPLOAD_QUANTUM, None), "maxconcurrency": (1, None)}
 
 _SESSION_GONE = frozenset({404, 410, 499})
 """What cancelling a resumable session answers: 499 once cancelled, 404/410 when already gone."""
@@ -175,9 +176,8 @@ class GCSDriver(StorageDriver, ServerSideCopy):
 
     @classmethod
     def from_config(cls, params: dict) -> GCSDriver:
-        config = parse_parameters(params, PARAMETERS, MINIMUMS)
-        if not config.get("bucket"):
-            raise ConfigError("bucket", "is required")
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("bucket",))
+        config["rootdirectory"] = root_prefix(config.get("rootdirectory", ""))
         if config.get("chunksize", DEFAULT_CHUNK_SIZE) % UPLOAD_QUANTUM:
             raise ConfigError("chunksize", f"must be a multiple of {UPLOAD_QUANTUM} (256 KiB)")
         credentials = _credentials(config)

@@ -23,8 +23,9 @@ import urllib3.exceptions
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, ServerSideCopy, StorageDriver,
                           check_key, check_prefix)
-from drivers.errors import (AccessDenied, ConfigError, InvalidKey, NotFound, PreconditionFailed,
-                            StorageError, TransientError)
+from drivers.errors import (AccessDenied, ConfigError, NotFound, PreconditionFailed, StorageError,
+                            TransientError)
+from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
 
 MIB = 1024 * 1024
@@ -53,9 +54,9 @@ most ``multipartcopythresholdsize`` bytes is copied server-side with one CopyObj
 one in ``multipartcopychunksize`` parts, ``multipartcopymaxconcurrency`` at a time (at most
 ``maxconnections``)."""
 
-MINIMUMS = {"chunksize": MIN_CHUNK_SIZE, "maxconnections": 1, "multipartcopychunksize": MIN_CHUNK_SIZE,
-            "multipartcopymaxconcurrency": 1}
-MAXIMUMS = {"multipartcopychunksize": MAX_COPY_SIZE, "multipartcopythresholdsize": MAX_COPY_SIZE}
+LIMITS = {"chunksize": (MIN_CHUNK_SIZE, None), "maxconnections": (1, None),
+          "multipartcopychunksize": (MIN_CHUNK_SIZE, MAX_COPY_SIZE),
+          "multipartcopymaxconcurrency": (1, None), "multipartcopythresholdsize": (0, MAX_COPY_SIZE)}
 
 REQUEST_KINDS = {
     "ListObjectsV2": "list", "ListMultipartUploads": "list", "ListParts": "list",
@@ -75,43 +76,12 @@ _BROKEN_CONNECTION = (botocore.exceptions.ConnectionError, botocore.exceptions.H
                       http.client.IncompleteRead, ConnectionError, TimeoutError)
 
 
-def _typed(name: str, value: object, kind: type) -> object:
-    if kind is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ConfigError(name, "must be true or false")
-    elif kind is int:
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
-        low, high = MINIMUMS.get(name, 0), MAXIMUMS.get(name)
-        if (isinstance(value, bool) or not isinstance(value, int) or value < low
-                or (high is not None and value > high)):
-            raise ConfigError(name, f"must be an integer of at least {low}"
-                                    + (f" and at most {high}" if high is not None else ""))
-    elif not isinstance(value, str):
-        raise ConfigError(name, "must be a string")
-    return value
-
-
 def _parse(params: dict) -> dict:
-    config = {}
-    for name, value in params.items():
-        if name not in PARAMETERS:
-            raise ConfigError(str(name), "unknown parameter")
-        if value is not None:
-            config[name] = _typed(name, value, PARAMETERS[name])
-    for name in ("bucket", "region"):
-        if not config.get(name):
-            raise ConfigError(name, "is required")
+    config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("bucket", "region"))
     if bool(config.get("accesskey")) != bool(config.get("secretkey")):
         raise ConfigError("secretkey" if config.get("accesskey") else "accesskey",
                           "is required when the other of accesskey and secretkey is set")
-    root = config.get("rootdirectory", "").strip("/")
-    try:
-        config["rootdirectory"] = check_key(root) + "/" if root else ""
-    except InvalidKey:
-        raise ConfigError("rootdirectory", "must be a plain /-separated path") from None
+    config["rootdirectory"] = root_prefix(config.get("rootdirectory", ""))
     return config
 
 

@@ -19,7 +19,8 @@ import json
 from urllib.parse import quote
 
 from drivers.cdn.base import Purger, PurgeError
-from drivers.cdn.httpapi import check_batch, check_endpoint, parse_params, redact, send
+from drivers.cdn.httpapi import check_batch, check_endpoint, redact, send
+from drivers.parameters import parse_parameters
 
 DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
 DEFAULT_BATCH_SIZE = 30
@@ -49,7 +50,8 @@ class CloudflarePurger(Purger):
 
     @classmethod
     def from_config(cls, params: dict) -> CloudflarePurger:
-        config = parse_params(params, PARAMETERS, ("zoneid", "apitoken"), LIMITS)
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS,
+                                  required=("zoneid", "apitoken"))
         return cls(config["zoneid"], config["apitoken"],
                    endpoint=check_endpoint("endpoint", config.get("endpoint", DEFAULT_ENDPOINT)),
                    batch_size=config.get("batchsize", DEFAULT_BATCH_SIZE))

@@ -37,8 +37,9 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from drivers.cdn.base import Purger, PurgeError
-from drivers.cdn.httpapi import check_batch, check_endpoint, parse_params, redact, retry_after
+from drivers.cdn.httpapi import check_batch, check_endpoint, redact, retry_after
 from drivers.errors import ConfigError
+from drivers.parameters import parse_parameters
 
 DEFAULT_BATCH_SIZE = 1000
 MAX_PATHS_IN_PROGRESS = 3000
@@ -87,7 +88,7 @@ class CloudFrontPurger(Purger):
 
     @classmethod
     def from_config(cls, params: dict) -> CloudFrontPurger:
-        config = parse_params(params, PARAMETERS, ("distributionid",), LIMITS)
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("distributionid",))
         if bool(config.get("accesskey")) != bool(config.get("secretkey")):
             raise ConfigError("secretkey" if config.get("accesskey") else "accesskey",
                               "is required when the other of accesskey and secretkey is set")

@@ -23,8 +23,9 @@ import json
 from urllib.parse import quote
 
 from drivers.cdn.base import Purger
-from drivers.cdn.httpapi import check_batch, check_choice, check_endpoint, parse_params, send
+from drivers.cdn.httpapi import check_batch, check_choice, check_endpoint, send
 from drivers.errors import ConfigError
+from drivers.parameters import parse_parameters
 
 DEFAULT_ENDPOINT = "https://api.fastly.com"
 MODES = ("url", "surrogatekey")
@@ -59,7 +60,8 @@ class FastlyPurger(Purger):
 
     @classmethod
     def from_config(cls, params: dict) -> FastlyPurger:
-        config = parse_params(params, PARAMETERS, ("serviceid", "apitoken"), LIMITS)
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS,
+                                  required=("serviceid", "apitoken"))
         mode = check_choice(config, "mode", MODES)
         if mode == "surrogatekey" and config.get("batchsize", 0) > MAX_KEYS:
             raise ConfigError("batchsize", f"must be at most {MAX_KEYS} with mode surrogatekey")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import re
 
 from drivers.cdn.base import Purger, PurgeError
-from drivers.cdn.httpapi import check_batch, check_choice, check_endpoint, parse_params, send
+from drivers.cdn.httpapi import check_batch, check_choice, check_endpoint, send
 from drivers.errors import ConfigError
+from drivers.parameters import parse_parameters
 
 METHODS = ("PURGE", "BAN")
 DEFAULT_BATCH_SIZE = 100
@@ -47,7 +48,7 @@ class HttpPurger(Purger):
 
     @classmethod
     def from_config(cls, params: dict) -> HttpPurger:
-        config = parse_params(params, PARAMETERS, ("nodes",), LIMITS)
+        config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("nodes",))
         nodes = [check_endpoint(f"nodes[{index}]", node) for index, node in enumerate(config["nodes"])]
         if len(set(nodes)) != len(nodes):
             raise ConfigError("nodes", "lists a node twice")

@@ -1,4 +1,4 @@
-"""What the purgers share: their parameter blocks, the batch and URL checks, one HTTP call
+"""What the purgers share: the batch, URL and choice checks, one HTTP call
 classified into :class:`PurgeError`, and the redaction of secrets from every message.
 
 Classification of one answer (:func:`send`):
@@ -32,42 +32,6 @@ MESSAGE_LIMIT = 300
 REDACTED = "***"
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
-
-
-def parse_params(params: dict, kinds: dict[str, type], required: Iterable[str],
-                 limits: dict[str, tuple[int, int]] | None = None) -> dict:
-    """``params`` checked against ``kinds`` (``str``, ``bool``, ``int`` within ``limits``, or
-    ``list`` of non-empty strings); ``None`` values are dropped. Raises ``ConfigError`` naming
-    the key: unknown, of the wrong type, out of range, or required and missing or empty."""
-    config = {}
-    for name, value in params.items():
-        if name not in kinds:
-            raise ConfigError(str(name), "unknown parameter")
-        if value is not None:
-            config[name] = _typed(name, value, kinds[name], (limits or {}).get(name, (0, 2 ** 31)))
-    for name in required:
-        if config.get(name) in (None, "", []):
-            raise ConfigError(name, "is required")
-    return config
-
-
-def _typed(name: str, value: object, kind: type, limit: tuple[int, int]) -> object:
-    if kind is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ConfigError(name, "must be true or false")
-    elif kind is int:
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not limit[0] <= value <= limit[1]:
-            raise ConfigError(name, f"must be an integer from {limit[0]} to {limit[1]}")
-    elif kind is list:
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            raise ConfigError(name, "must be a list of strings")
-    elif not isinstance(value, str):
-        raise ConfigError(name, "must be a string")
-    return value
 
 
 def check_endpoint(name: str, value: str) -> str:
