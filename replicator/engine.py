@@ -205,6 +205,7 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             if digest == current and not self.options.audit:
+                self._complete_tag_index(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
             tree = self.source.manifest_tree(digest)
@@ -248,6 +249,14 @@ class DestinationPass:
                                     f"{failure.attempts} attempts; last error: {failure.error}",
                          "deferred")
         return True
+
+    def _complete_tag_index(self, name: str, tag: str, digest: str) -> None:
+        """Write the index link of a tag whose current link is right: a pass stopped between
+        the two writes left it out. Known from the listing, so it costs no read."""
+        key = layout.tag_index_key(name, tag, digest)
+        if key not in self.inventory.links:
+            self._write_link(key, digest)
+            self.inventory.links.add(key)
 
     def _destination_digest(self, name: str, tag: str) -> str | None:
         try:

@@ -1,8 +1,11 @@
 """Decide what a destination needs for one tag, in the order that keeps it consistent. Pure.
 
 The order of ``TagPlan.links`` is the safety contract (DESIGN invariant 1): for each manifest,
-children first, its layer links then its revision link; then the tag's index link; the tag's
-``current/link`` last. The executor copies every blob and manifest blob before the first link.
+children first, its layer links then its revision link; then the tag's ``current/link``; then
+the tag's index link. The current link comes after everything a pull needs. The index link
+follows it because Distribution lists a tag in ``tags/list`` as soon as its folder holds any
+key: written first, a new tag would be listed but not pullable until the current link lands.
+The executor copies every blob and manifest blob before the first link.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class TagPlan:
     blobs: tuple[Descriptor, ...]
     manifests: tuple[Manifest, ...]
     links: tuple[tuple[str, str], ...]
-    """(key, digest) pairs in write order; the tag's current link, when needed, is last."""
+    """(key, digest) pairs in write order: the tag's current link, when needed, comes after
+    every manifest's links and before only the tag's own index link."""
     reused: frozenset[str]
     """Digests of referenced blobs and manifests the destination already holds."""
 
@@ -77,8 +81,8 @@ def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest]
         need_link(layout.revision_link_key(name, manifest.digest), manifest.digest)
 
     visit(digest)
-    need_link(layout.tag_index_key(name, tag, digest), digest)
     if current != digest:
         links.append((layout.tag_current_key(name, tag), digest))
+    need_link(layout.tag_index_key(name, tag, digest), digest)
     return TagPlan(name, tag, digest, tuple(blobs.values()), tuple(needed_manifests.values()),
                    tuple(links), frozenset(reused))

@@ -24,7 +24,8 @@ class Drift:
     """One way a destination differs from its source.
 
     ``kind`` is one of ``missing-tag``, ``tag-mismatch``, ``bad-link``, ``missing-manifest``,
-    ``bad-manifest``, ``missing-link``, ``missing-blob``, ``wrong-size``, ``wrong-digest``.
+    ``bad-manifest``, ``missing-link``, ``missing-blob``, ``wrong-size``, ``wrong-digest``, and
+    ``missing-tag-index`` (the tag's index link: pulls still work, its history is incomplete).
     """
 
     repository: str
@@ -81,7 +82,7 @@ class _Checker:
         if actual != expected:
             self._drift(name, tag, "tag-mismatch", f"source {expected}, destination {actual}")
         if layout.tag_index_key(name, tag, actual) not in self.inventory.links:
-            self._drift(name, tag, "missing-link", f"tag index link for {actual}")
+            self._drift(name, tag, "missing-tag-index", f"tag index link for {actual}")
         self._check_manifest(name, tag, actual)
 
     def _check_manifest(self, name: str, tag: str, digest: str) -> None:

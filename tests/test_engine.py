@@ -211,7 +211,8 @@ def test_dry_run_plans_everything_and_writes_nothing(tmp_path):
     copies = [a for a in report.planned if a.startswith("copy ")]
     writes = [a for a in report.planned if a.startswith("write ")]
     assert len(copies) == len(set(copies)) == len({b.digest for b in MULTI.all_blobs()})
-    assert writes[-1].startswith("write " + layout.tag_current_key("web", "multi"))
+    assert writes[-2].startswith("write " + layout.tag_current_key("web", "multi"))
+    assert writes[-1].startswith("write " + layout.tag_index_key("web", "multi", MULTI.digest))
 
 
 def test_uploads_in_flight_are_never_replicated(tmp_path):

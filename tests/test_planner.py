@@ -12,15 +12,15 @@ MANIFESTS = {image.digest: parse_manifest(image.manifest.data, image.digest)
              for image in (AMD, ARM, INDEX)}
 
 
-def test_empty_destination_gets_everything_with_current_link_last():
+def test_empty_destination_gets_everything_current_link_after_all_a_pull_needs():
     plan = plan_tag("app", "multi", INDEX.digest, MANIFESTS, set(), set())
     blob_digests = {blob.digest for image in (AMD, ARM) for blob in image.blobs}
     assert {blob.digest for blob in plan.blobs} == blob_digests
     assert len(plan.blobs) == len(blob_digests)
     assert [m.digest for m in plan.manifests] == [AMD.digest, ARM.digest, INDEX.digest]
     keys = [key for key, _ in plan.links]
-    assert keys[-1] == layout.tag_current_key("app", "multi")
-    assert keys[-2] == layout.tag_index_key("app", "multi", INDEX.digest)
+    assert keys[-2] == layout.tag_current_key("app", "multi")
+    assert keys[-1] == layout.tag_index_key("app", "multi", INDEX.digest)
     assert len(keys) == len(set(keys))
 
 
@@ -64,3 +64,11 @@ def test_foreign_layers_are_neither_copied_nor_linked():
     assert foreign["digest"] not in {blob.digest for blob in plan.blobs}
     assert layout.layer_link_key("app", foreign["digest"]) not in dict(plan.links)
     assert len(plan.blobs) == len(AMD.blobs)
+
+
+def test_a_tag_already_pointing_right_only_gets_its_missing_index_link():
+    links = {layout.revision_link_key("app", AMD.digest)}
+    links |= {layout.layer_link_key("app", blob.digest) for blob in AMD.blobs}
+    plan = plan_tag("app", "1.0", AMD.digest, MANIFESTS, {b.digest for b in AMD.all_blobs()}, links,
+                    current=AMD.digest)
+    assert plan.links == ((layout.tag_index_key("app", "1.0", AMD.digest), AMD.digest),)

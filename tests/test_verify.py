@@ -90,3 +90,12 @@ def test_junk_tag_link_at_destination_is_bad_link(world):
     assert ("bad-link", "web", "1.0") in drift(path)[1]
     assert cli(path, "sync")[0] == 0
     assert drift(path)[:2] == (0, set())
+
+
+def test_a_missing_tag_index_link_is_reported_and_a_plain_pass_adds_it(world):
+    path, _, dst = world
+    dst.delete(layout.tag_index_key("web", "1.0", WEB.digest))
+    code, found, _ = drift(path)
+    assert (code, found) == (1, {("missing-tag-index", "web", "1.0")})
+    assert cli(path, "sync")[0] == 0
+    assert drift(path)[:2] == (0, set())
