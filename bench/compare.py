@@ -18,7 +18,7 @@ Every timing is a median over ``--runs`` runs with the tools interleaved, and ev
 taken within this one invocation. rclone's two remotes are distinct, so it streams too.
 
     python bench/compare.py [--size 200MiB] [--tags 1000] [--repositories 50] [--runs 3]
-                            [--concurrency 8] [--only fs|s3]
+                            [--concurrency 8] [--only fs|s3] [--s3-size SIZE] [--s3-tags N]
 """
 
 from __future__ import annotations

@@ -180,50 +180,52 @@ def plan(seed: int, repositories: int, tags: int) -> tuple[list[TagSpec], dict[s
     """The registry's tags and its layers' nominal sizes (MiB, before scaling). Pure."""
     rng = random.Random(f"plan:{seed}")
     nominal: dict[str, float] = {}
+    bases = [f"base/{i}" for i in range(max(2, repositories // 10))]
+    runtimes = [f"runtime/{i}" for i in range(max(3, repositories // 5))]
+    base_weights = [1 / (i + 1) for i in range(len(bases))]
+    profiles: dict[str, tuple[int, list[int], int, bool]] = {}
+    """Repository -> (base, runtimes, builds per dependency update, Docker media types)."""
 
     def layer(name: str, low: float, high: float) -> str:
         if name not in nominal:
             nominal[name] = _log_uniform(rng, low, high)
         return name
 
-    bases = [f"base/{i}" for i in range(max(2, repositories // 10))]
-    runtimes = [f"runtime/{i}" for i in range(max(3, repositories // 5))]
-    base_weights = [1 / (i + 1) for i in range(len(bases))]
-    multi_arch = set(rng.sample(range(tags), min(tags // 4, max(1, tags // 250)))) if tags >= 4 else set()
+    def image(name: str, r: int, build: int, architecture: str = "amd64") -> ImageSpec:
+        base, stack, cadence, docker = profiles[name]
+        suffix = "" if architecture == "amd64" else f"/{architecture}"
+        layers = [layer(f"base/{base}{suffix}", 2, 8)]
+        layers += [layer(f"runtime/{i}{suffix}", 1, 6) for i in stack]
+        layers.append(layer(f"dep/{r}/{build // cadence}{suffix}", 0.5, 4))
+        layers.append(layer(f"app/{r}/{build}{suffix}", 1 / 64, 2))
+        if rng.random() < 0.3:
+            layers.append(layer(f"extra/{r}/{build}{suffix}", 1 / 1024, 1 / 16))
+        return ImageSpec(name, build, tuple(layers), architecture, docker)
+
     specs: list[TagSpec] = []
-    numbered = 0
     for r, count in enumerate(_tag_counts(rng, repositories, tags)):
         name = f"team{r % 7}/service-{r}"
-        docker = rng.random() < 0.3
-        base = rng.choices(range(len(bases)), base_weights)[0]
-        stack = rng.sample(range(len(runtimes)), rng.choice((0, 1, 1, 2)))
-        cadence = rng.randint(6, 30)
+        profiles[name] = (rng.choices(range(len(bases)), base_weights)[0],
+                          rng.sample(range(len(runtimes)), rng.choice((0, 1, 1, 2))),
+                          rng.randint(6, 30), rng.random() < 0.3)
         images: list[ImageSpec] = []
-
-        def image(build: int, architecture: str) -> ImageSpec:
-            suffix = "" if architecture == "amd64" else f"/{architecture}"
-            layers = [layer(f"base/{base}{suffix}", 2, 8)]
-            layers += [layer(f"runtime/{i}{suffix}", 1, 6) for i in stack]
-            layers.append(layer(f"dep/{r}/{build // cadence}{suffix}", 0.5, 4))
-            layers.append(layer(f"app/{r}/{build}{suffix}", 1 / 64, 2))
-            if rng.random() < 0.3:
-                layers.append(layer(f"extra/{r}/{build}{suffix}", 1 / 1024, 1 / 16))
-            return ImageSpec(name, build, tuple(layers), architecture, docker)
-
         for build in range(count):
-            is_latest = build == count - 1 and count > 1
-            if is_latest or (images and rng.random() < 0.08):
-                target = images[-1] if is_latest else rng.choice(images)
-                tag = "latest" if is_latest else f"1.{build // 10}.{build % 10}-rebuild"
-                previous = next(s for s in reversed(specs) if s.images[0] == target)
-                specs.append(TagSpec(name, tag, previous.images))
+            if build == count - 1 and count > 1:
+                specs.append(TagSpec(name, "latest", (images[-1],)))
+            elif images and rng.random() < 0.08:
+                specs.append(TagSpec(name, f"1.{build // 10}.{build % 10}-rebuild",
+                                     (rng.choice(images),)))
             else:
-                images.append(image(build, "amd64"))
-                children = (images[-1],)
-                if numbered in multi_arch:
-                    children += (image(build, "arm64"),)
-                specs.append(TagSpec(name, f"1.{build // 10}.{build % 10}", children))
-            numbered += 1
+                images.append(image(name, r, build))
+                specs.append(TagSpec(name, f"1.{build // 10}.{build % 10}", (images[-1],)))
+    # A few images become multi-arch indexes (with every tag that names them).
+    singles = sorted({spec.images[0] for spec in specs}, key=lambda i: (i.repository, i.build))
+    chosen = rng.sample(singles, min(len(singles), max(1, tags // 250)))
+    upgraded = {amd64: (amd64, image(amd64.repository, int(amd64.repository.rsplit("-", 1)[1]),
+                                     amd64.build, "arm64"))
+                for amd64 in sorted(chosen, key=lambda i: (i.repository, i.build))}
+    specs = [TagSpec(spec.repository, spec.tag, upgraded.get(spec.images[0], spec.images))
+             for spec in specs]
     return specs, nominal
 
 
