@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
@@ -29,7 +30,12 @@ from replicator.copier import BlobCopier, ReplicationError
 from replicator.filters import policy_selects
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
-from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
+from replicator.manifests import (
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    ManifestError,
+    parse_manifest,
+)
 from replicator.planner import TagPlan, plan_tag
 from replicator.purging import purge_urls, send_purges
 from replicator.report import PassReport
@@ -92,7 +98,7 @@ class SourceReader:
         self.listed = listed
         """When the source listing began: changes noted later may be missing from it."""
         self._lock = threading.Lock()
-        self._manifests: dict[str, Manifest] = {}
+        self._manifests: dict[str, Future] = {}
 
     def tag_digest(self, name: str, tag: str) -> str:
         digest = self.links.digest(name, tag)
@@ -112,17 +118,28 @@ class SourceReader:
         return tree
 
     def manifest(self, digest: str) -> Manifest:
-        if digest not in self._manifests:
+        """The parsed manifest; read once per pass even when tags ask for it concurrently
+        (a failure is shared too). Raises ``TAG_ERRORS``."""
+        with self._lock:
+            future = self._manifests.get(digest)
+            reader = future is None
+            if reader:
+                future = self._manifests[digest] = Future()
+        if reader:
             try:
-                data = self.storage.read(layout.blob_key(digest), MAX_MANIFEST_SIZE)
-            except NotFound:
-                raise ReplicationError(f"manifest {digest} is missing at the source") from None
-            except ObjectTooLarge:
-                raise ManifestError(f"manifest {digest} is over the 4 MiB limit") from None
-            manifest = parse_manifest(data, digest)
-            with self._lock:
-                self._manifests[digest] = manifest
-        return self._manifests[digest]
+                future.set_result(self._read(digest))
+            except TAG_ERRORS as error:
+                future.set_exception(error)
+        return future.result()
+
+    def _read(self, digest: str) -> Manifest:
+        try:
+            data = self.storage.read(layout.blob_key(digest), MAX_MANIFEST_SIZE)
+        except NotFound:
+            raise ReplicationError(f"manifest {digest} is missing at the source") from None
+        except ObjectTooLarge:
+            raise ManifestError(f"manifest {digest} is over the 4 MiB limit") from None
+        return parse_manifest(data, digest)
 
 
 class DestinationPass:
@@ -165,8 +182,7 @@ class DestinationPass:
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
             self.copier = BlobCopier(self.source.storage, self.destination, blob_pool,
                                      self.report, self.options.dry_run, self.options.server_side_copy)
-            for future in [tag_pool.submit(self._replicate_tag, *key) for key in self.source_tags]:
-                future.result()
+            self._replicate_all(tag_pool, 2 * workers)
         if self.policy.delete:
             self._delete_removed_tags()
         if not self.options.dry_run:
@@ -182,6 +198,21 @@ class DestinationPass:
         if swept:
             log.info("discarded %d abandoned uploads at %s", swept, self.destination_name,
                      extra={"destination": self.destination_name})
+
+    def _replicate_all(self, pool: ThreadPoolExecutor, window: int) -> None:
+        """Every source tag through ``pool``, at most ``window`` queued at a time, so memory
+        does not grow with the number of tags. Unexpected errors are raised here."""
+        slots = threading.BoundedSemaphore(window)
+        running: deque = deque()
+        for key in self.source_tags:
+            slots.acquire()
+            future = pool.submit(self._replicate_tag, *key)
+            future.add_done_callback(lambda _: slots.release())
+            running.append(future)
+            while running and running[0].done():
+                running.popleft().result()
+        for future in running:
+            future.result()
 
     def _record(self, started: float) -> None:
         pending = {key: info.mtime for key, info in self.source_tags.items() if key not in self.in_sync}
