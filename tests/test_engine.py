@@ -4,6 +4,7 @@ import json
 import threading
 
 import pytest
+import yaml
 
 from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
@@ -23,11 +24,22 @@ DANGLING_KINDS = {"missing-tag", "bad-link", "missing-manifest", "bad-manifest",
                   "missing-blob", "wrong-size", "wrong-digest"}
 
 
+def filesystem_document(tmp_path, state="state.db", **policy) -> dict:
+    """A configuration of two filesystem regions under ``tmp_path``, ``src`` -> ``dst``."""
+    return {"state": {"path": str(tmp_path / state)},
+            "regions": {name: {"storage": {"filesystem": {"rootdirectory": str(tmp_path / name)}}}
+                        for name in ("src", "dst")},
+            "policies": [{"name": "p", "source": "src", "destinations": ["dst"], **policy}]}
+
+
+def write_filesystem_config(tmp_path, state="state.db", **policy):
+    path = tmp_path / f"{state}.yml"
+    path.write_text(yaml.safe_dump(filesystem_document(tmp_path, state, **policy)))
+    return path
+
+
 def make_config(tmp_path, **policy):
-    regions = {name: {"storage": {"filesystem": {"rootdirectory": str(tmp_path / name)}}}
-               for name in ("src", "dst")}
-    return config_module.parse({"regions": regions, "policies": [
-        {"name": "p", "source": "src", "destinations": ["dst"], **policy}]}, base=tmp_path)
+    return config_module.parse(filesystem_document(tmp_path, **policy), base=tmp_path)
 
 
 def sync(config, **options):

@@ -4,13 +4,13 @@ import logging
 import subprocess
 import sys
 
-import yaml
-
+from drivers.filesystem import FilesystemDriver
 from replicator import sample_images
 from replicator.demo import publish
 from replicator.logs import JsonFormatter
 from replicator.progress import Progress
 from replicator.report import PassReport
+from tests.test_engine import write_filesystem_config
 
 
 def test_progress_line_shows_tags_blobs_bytes_and_rate():
@@ -37,15 +37,9 @@ def test_json_log_lines_carry_the_replication_fields():
 
 
 def test_no_progress_when_not_a_terminal_and_json_logs_on_request(tmp_path):
-    from drivers.filesystem import FilesystemDriver
     publish(FilesystemDriver(str(tmp_path / "src")), "app", "1.0",
             sample_images.image([sample_images.layer({"a": b"a"})]))
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump({
-        "state": {"path": str(tmp_path / "state.db")},
-        "regions": {name: {"storage": {"filesystem": {"rootdirectory": str(tmp_path / name)}}}
-                    for name in ("src", "dst")},
-        "policies": [{"name": "p", "source": "src", "destinations": ["dst"]}]}))
+    path = write_filesystem_config(tmp_path)
     result = subprocess.run([sys.executable, "-m", "replicator", "--log-level", "info", "--log-format",
                              "json", "sync", "--config", str(path)], capture_output=True, text=True)
     assert result.returncode == 0

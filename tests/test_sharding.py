@@ -4,13 +4,13 @@ import sys
 from collections import Counter
 
 import pytest
-import yaml
 
 from drivers.errors import ConfigError
 from drivers.filesystem import FilesystemDriver
 from replicator import sample_images
 from replicator.demo import publish
 from replicator.sharding import Shard, owner, parse_shard
+from tests.test_engine import write_filesystem_config
 
 NAMES = [f"team{i % 17}/app-{i}" for i in range(3000)]
 
@@ -57,12 +57,7 @@ def test_shards_together_replicate_everything_once(tmp_path):
         publish(source, name, "latest", image)
     replicated = Counter()
     for index in range(3):
-        path = tmp_path / f"shard{index}.yml"
-        path.write_text(yaml.safe_dump({
-            "state": {"path": str(tmp_path / f"state{index}.db")},
-            "regions": {name: {"storage": {"filesystem": {"rootdirectory": str(tmp_path / name)}}}
-                        for name in ("src", "dst")},
-            "policies": [{"name": "p", "source": "src", "destinations": ["dst"]}]}))
+        path = write_filesystem_config(tmp_path, state=f"state{index}.db")
         result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config", str(path),
                                  "--json", "--shard", f"{index}/3"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
+from drivers.filesystem import FilesystemDriver
 from replicator import layout, sample_images
 from replicator.demo import publish
+from tests.test_engine import write_filesystem_config
 
 BASE = sample_images.layer({"base": b"base" * 1000})
 WEB = sample_images.image([BASE, sample_images.layer({"web": b"web"})])
@@ -23,16 +24,10 @@ def cli(config_path, *args):
 
 @pytest.fixture
 def world(tmp_path):
-    from drivers.filesystem import FilesystemDriver
     src, dst = FilesystemDriver(str(tmp_path / "src")), FilesystemDriver(str(tmp_path / "dst"))
     publish(src, "web", "1.0", WEB)
     publish(src, "web", "multi", MULTI)
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump({
-        "state": {"path": str(tmp_path / "state.db")},
-        "regions": {name: {"storage": {"filesystem": {"rootdirectory": str(tmp_path / name)}}}
-                    for name in ("src", "dst")},
-        "policies": [{"name": "p", "source": "src", "destinations": ["dst"]}]}))
+    path = write_filesystem_config(tmp_path)
     assert cli(path, "sync")[0] == 0
     return path, src, dst
 
