@@ -308,6 +308,33 @@ class ServerSideCopy(ABC):
         """
 
 
+@dataclass(frozen=True)
+class HashedCopy:
+    """What a server-side copy that hashes its bytes answered: the new object's etag, and the
+    hex SHA-256 of the bytes the provider stored (``None`` if its answer carried none)."""
+
+    etag: str
+    sha256: str | None
+
+
+class HashedServerSideCopy(ServerSideCopy):
+    """Optional ability beyond :class:`ServerSideCopy`: a copy whose answer carries the SHA-256
+    the provider computed over the bytes it stored, in the same call (S3 CopyObject with
+    ``ChecksumAlgorithm=SHA256``). Callers compare it with the digest before anything refers to
+    the object, and delete the object if it differs: that is a verified server-side copy."""
+
+    @abstractmethod
+    def hashes_copy(self, size: int) -> bool:
+        """Whether :meth:`copy_from_hashed` can copy an object of ``size`` bytes (the provider
+        hashes only single-call copies, up to a size limit). No request; never raises."""
+
+    @abstractmethod
+    def copy_from_hashed(self, source: StorageDriver, key: str, size: int) -> HashedCopy:
+        """Copy like :meth:`ServerSideCopy.copy_from` (same errors and guarantees), in one
+        request, and return the etag with the provider's SHA-256 of the stored bytes.
+        ``size`` must satisfy :meth:`hashes_copy` (else ``ValueError`` before any request)."""
+
+
 class PartWriter(ChunkedWriter):
     """A :class:`ChunkedWriter` that uploads in parts of ``part_size`` bytes, buffering one.
 

@@ -9,7 +9,8 @@ Every driver translates its SDK's exceptions into exactly these, in one place pe
     ├── PreconditionFailed        a conditional write's condition did not hold
     ├── AccessDenied              credentials lack permission (never retryable)
     ├── InvalidKey                the key is not a safe relative path (never sent anywhere)
-    └── TransientError            throttling, 5xx, connection reset or timeout (retryable)
+    └── TransientError            throttling, 5xx, connection reset or timeout, an answer
+                                  missing what it must carry (retryable; ``retry_after``)
 
     ConfigError                   a driver's configuration block is wrong; names the field
 """
@@ -38,9 +39,15 @@ class InvalidKey(StorageError, ValueError):
 
 
 class TransientError(StorageError):
-    """Throttling, a server-side error, or a broken connection: worth retrying."""
+    """Throttling, a server-side error, a broken connection, or an answer lacking what the
+    protocol promises (a missing ETag or length, a body shorter than announced): worth retrying.
+    ``retry_after`` is the wait in seconds the server asked for, if it said."""
 
     retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigError(ValueError):

@@ -5,20 +5,19 @@ streams are reopened by ``StorageDriver.open`` with the same attempts and :func:
 SDK-internal retries are switched off in every driver so that attempts do not multiply.
 """
 
-import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import tenacity
 
+from drivers.backoff import Backoff
 from drivers.errors import StorageError
 
 T = TypeVar("T")
 
 ATTEMPTS = 5
-INITIAL_WAIT = 0.1
-MAX_WAIT = 5.0
+BACKOFF = Backoff(initial=0.1, maximum=5.0, jitter=0.1)
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -28,7 +27,7 @@ def is_retryable(error: BaseException) -> bool:
 _policy = tenacity.Retrying(
     retry=tenacity.retry_if_exception(is_retryable),
     stop=tenacity.stop_after_attempt(ATTEMPTS),
-    wait=tenacity.wait_exponential_jitter(multiplier=INITIAL_WAIT, max=MAX_WAIT, jitter=INITIAL_WAIT),
+    wait=BACKOFF.tenacity_wait(),
     reraise=True,
 )
 
@@ -43,4 +42,4 @@ def retrying(call: Callable[[], T]) -> T:
 
 def pause(failures: int) -> None:
     """Sleep the back-off that follows the ``failures``-th consecutive failure (1-based)."""
-    time.sleep(min(MAX_WAIT, INITIAL_WAIT * 2 ** (failures - 1) + random.uniform(0, INITIAL_WAIT)))
+    time.sleep(BACKOFF.delay(failures))

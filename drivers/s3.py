@@ -7,6 +7,7 @@ sends is counted by one event handler. Credentials are handed to botocore and ke
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import time
@@ -19,10 +20,11 @@ from datetime import datetime
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 import urllib3.exceptions
 
-from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, ServerSideCopy, StorageDriver,
-                          check_key, check_prefix)
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, HashedCopy, HashedServerSideCopy, ObjectInfo,
+                          StorageDriver, check_key, check_prefix)
 from drivers.errors import (AccessDenied, ConfigError, NotFound, PreconditionFailed, StorageError,
                             TransientError)
 from drivers.parameters import parse_parameters, root_prefix
@@ -72,8 +74,19 @@ _TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "
                               "InternalError", "ServiceUnavailable"})
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BROKEN_CONNECTION = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
-                      botocore.exceptions.IncompleteReadError, urllib3.exceptions.HTTPError,
-                      http.client.IncompleteRead, ConnectionError, TimeoutError)
+                      botocore.exceptions.IncompleteReadError, botocore.parsers.ResponseParserError,
+                      urllib3.exceptions.HTTPError, http.client.IncompleteRead, ConnectionError,
+                      TimeoutError)
+
+ANSWER_FIELDS = {
+    "create_multipart_upload": ("UploadId",),
+    "put_object": ("ETag",), "upload_part": ("ETag",), "complete_multipart_upload": ("ETag",),
+    "copy_object": ("CopyObjectResult.ETag",), "upload_part_copy": ("CopyPartResult.ETag",),
+    "head_object": ("ContentLength", "ETag", "LastModified"), "get_object": ("ContentLength", "Body"),
+    "list_objects_v2": ("IsTruncated",), "list_multipart_uploads": ("IsTruncated",),
+}
+"""What each answer must carry. S3 always sends these; an answer without one was cut short
+(a connection closed inside the headers, an empty body), which is retried like a 5xx."""
 
 
 def _parse(params: dict) -> dict:
@@ -137,6 +150,18 @@ def _info(key: str, size: int, etag: str, modified: datetime) -> ObjectInfo:
     return ObjectInfo(key, size, etag.strip('"'), modified.timestamp())
 
 
+def _check_answer(operation: str, response: dict, where: str) -> dict:
+    """``response``, if it carries every field ``ANSWER_FIELDS`` names (dotted paths) for
+    ``operation``; else ``TransientError``."""
+    for path in ANSWER_FIELDS.get(operation, ()):
+        found = response
+        for name in path.split("."):
+            found = found.get(name) if isinstance(found, dict) else None
+        if found is None:
+            raise TransientError(f"{where}: the answer has no {path}")
+    return response
+
+
 def _client_error(where: str, error: botocore.exceptions.ClientError) -> StorageError:
     code = error.response.get("Error", {}).get("Code", "")
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -152,7 +177,7 @@ def _client_error(where: str, error: botocore.exceptions.ClientError) -> Storage
     return StorageError(message)
 
 
-class S3Driver(StorageDriver, ServerSideCopy):
+class S3Driver(StorageDriver, HashedServerSideCopy):
     """Objects under ``root`` (``""`` or ``"some/path/"``) in ``bucket``, through ``client``.
 
     ``chunk_size`` is the multipart part size of :meth:`writer`; ``put_args`` (encryption,
@@ -162,7 +187,9 @@ class S3Driver(StorageDriver, ServerSideCopy):
     Server-side copies (:meth:`copy_from`) go to drivers of the same ``copy_identity`` (see
     :func:`_copy_identity`; ``None``: never): one CopyObject up to ``copy_threshold`` bytes,
     else UploadPartCopy parts of ``copy_chunk_size`` bytes, at most ``copy_concurrency`` at a
-    time across the driver.
+    time across the driver. A hashed copy (:meth:`copy_from_hashed`) is one CopyObject with
+    ``ChecksumAlgorithm=SHA256`` whatever the threshold, so up to S3's 5 GiB single-copy limit:
+    its answer carries the SHA-256 S3 computed over the stored object.
     """
 
     kind = "s3"
@@ -207,9 +234,12 @@ class S3Driver(StorageDriver, ServerSideCopy):
         if kind:
             self.requests.add(kind)
 
+    def _where(self, operation: str, key: str) -> str:
+        return f"s3 {operation} s3://{self.bucket}/{self.root}{key}"
+
     @contextmanager
     def _errors(self, operation: str, key: str) -> Iterator[None]:
-        where = f"s3 {operation} s3://{self.bucket}/{self.root}{key}"
+        where = self._where(operation, key)
         try:
             yield
         except botocore.exceptions.ClientError as error:
@@ -225,7 +255,8 @@ class S3Driver(StorageDriver, ServerSideCopy):
 
         def attempt() -> dict:
             with self._errors(operation, key):
-                return method(Bucket=self.bucket, **args)
+                return _check_answer(operation, method(Bucket=self.bucket, **args),
+                                     self._where(operation, key))
 
         return retrying(attempt)
 
@@ -238,8 +269,9 @@ class S3Driver(StorageDriver, ServerSideCopy):
         def attempt() -> dict:
             try:
                 with self._errors("create_multipart_upload", key):
-                    return self._client.create_multipart_upload(Bucket=self.bucket, Key=self.root + key,
-                                                                **self.put_args)
+                    return _check_answer("create_multipart_upload", self._client.create_multipart_upload(
+                        Bucket=self.bucket, Key=self.root + key, **self.put_args),
+                        self._where("create_multipart_upload", key))
             except TransientError:
                 failures.append(True)
                 raise
@@ -299,7 +331,8 @@ class S3Driver(StorageDriver, ServerSideCopy):
             args["Range"] = f"bytes={offset}-"
         with self._errors("get_object", key):
             try:
-                body = self._client.get_object(Bucket=self.bucket, **args)["Body"]
+                body = _check_answer("get_object", self._client.get_object(Bucket=self.bucket, **args),
+                                     self._where("get_object", key))["Body"]
             except botocore.exceptions.ClientError as error:
                 if error.response.get("Error", {}).get("Code") == "InvalidRange":
                     return
@@ -336,6 +369,25 @@ class S3Driver(StorageDriver, ServerSideCopy):
                                   **self.put_args)
             return response["CopyObjectResult"]["ETag"].strip('"')
         return self._copy_parts(key, copy_source, size)
+
+    def hashes_copy(self, size: int) -> bool:
+        return 0 <= size <= MAX_COPY_SIZE
+
+    def copy_from_hashed(self, source: StorageDriver, key: str, size: int) -> HashedCopy:
+        check_key(key)
+        if not isinstance(source, S3Driver):
+            raise TypeError(f"an S3 driver cannot copy server-side from {source.describe()}")
+        if not self.hashes_copy(size):
+            raise ValueError(f"{key}: {size} bytes is over S3's single-copy limit")
+        response = self._call("copy_object", key, Key=self.root + key, ChecksumAlgorithm="SHA256",
+                              CopySource={"Bucket": source.bucket, "Key": source.root + key},
+                              **self.put_args)
+        result = response["CopyObjectResult"]
+        checksum = result.get("ChecksumSHA256")
+        if checksum is not None and result.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+            checksum = None
+        sha256 = base64.b64decode(checksum).hex() if checksum else None
+        return HashedCopy(result["ETag"].strip('"'), sha256)
 
     def _copy_parts(self, key: str, copy_source: dict, size: int) -> str:
         """A multipart upload of UploadPartCopy parts, aborted if anything fails."""

@@ -130,7 +130,7 @@ def _sync(args: argparse.Namespace) -> int:
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
-                                     shard=_shard(args),
+                                     shard=_shard(args), wait_for_purges=not args.dry_run,
                                      on_pass=progress.start_pass if progress else None)
     started = time.monotonic()
     reports: list[PassReport] = []
@@ -140,6 +140,8 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         for policy in policies:
             reports.extend(run_policy(config, policy, state, options))
+        outstanding = {name: [item.url for item in state.outstanding_purges(name)]
+                       for name, region in config.regions.items() if region.cdn is not None}
     finally:
         state.close()
         if progress is not None:
@@ -149,7 +151,7 @@ def _sync(args: argparse.Namespace) -> int:
     if args.json:
         cdn_calls = {name: region.cdn.purger.calls for name, region in config.regions.items()
                      if region.cdn is not None}
-        document = run_document(reports, requests, cdn_calls, duration, args.dry_run)
+        document = run_document(reports, requests, cdn_calls, duration, args.dry_run, outstanding)
         print(json.dumps(document, indent=2))
     else:
         print(run_text(reports, duration, args.dry_run))

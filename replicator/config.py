@@ -28,6 +28,7 @@ DEFAULT_AUDIT_INTERVAL = 86400.0
 DEFAULT_ABANDONED_UPLOADS = 3600.0
 DEFAULT_LISTEN = "0.0.0.0:9100"
 DEFAULT_DEBOUNCE = 1.0
+DEFAULT_PURGE_TIMEOUT = 120.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -74,6 +75,8 @@ class Cdn:
 
     baseurls: tuple[str, ...]
     purger: Purger
+    timeout: float = DEFAULT_PURGE_TIMEOUT
+    """Seconds a ``sync`` keeps retrying its purges before it reports them outstanding."""
     sending: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
     """Held while the region's purge queue is being sent, so that no batch goes out twice."""
 
@@ -93,8 +96,9 @@ class Config:
     concurrency: int
     server: Server
     audit_interval: float
-    server_side_copy: bool = True
-    """Let a destination's storage copy blobs from the source's itself where it can."""
+    server_side_copy: str = "verified"
+    """``verified``: a destination's storage copies blobs from the source's itself only where the
+    provider proves their SHA-256; ``trusted``: wherever it can (size checked); ``off``: never."""
     abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
     """Incomplete uploads (of a process killed mid-copy) older than this are discarded."""
 
@@ -146,13 +150,20 @@ def parse(document: object, base: Path = Path(".")) -> Config:
     audit_interval = duration(root.get("audit_interval", DEFAULT_AUDIT_INTERVAL), "audit_interval")
     abandoned = duration(root.get("abandoned_uploads_after", DEFAULT_ABANDONED_UPLOADS),
                          "abandoned_uploads_after", allow_zero=True)
-    server_side_copy = root.get("server_side_copy", True)
-    if not isinstance(server_side_copy, bool):
-        raise ConfigError("server_side_copy", "must be true or false")
+    server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
     regions = _regions(root.get("regions"))
     policies = _policies(root.get("policies"), regions)
     return Config(base / state_path, regions, policies, concurrency,
                   _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
+
+
+def _server_side_copy(value: object) -> str:
+    """``verified`` (also ``true``, as configurations before the choice said), ``trusted``, or
+    ``off`` (also ``false``)."""
+    mode = ("verified" if value else "off") if isinstance(value, bool) else value
+    if mode not in ("verified", "trusted", "off"):
+        raise ConfigError("server_side_copy", "must be verified, trusted or false")
+    return mode
 
 
 def duration(value: object, field: str, allow_zero: bool = False) -> float:
@@ -225,14 +236,15 @@ def _cdn(value: object, field: str) -> Cdn:
         if not parts or parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
             raise ConfigError(f"{field}.baseurls[{index}]", "must be an http(s) URL such as "
                                                              "https://registry.example.com")
-    providers = [key for key in block if key != "baseurls"]
+    timeout = duration(block.get("timeout", DEFAULT_PURGE_TIMEOUT), f"{field}.timeout")
+    providers = [key for key in block if key not in ("baseurls", "timeout")]
     if len(providers) != 1:
         raise ConfigError(field, f"needs exactly one provider of {', '.join(cdn_drivers.PURGERS)}")
     try:
         purger = cdn_drivers.open_purger(providers[0], block[providers[0]])
     except ConfigError as error:
         raise error.under(field) from None
-    return Cdn(tuple(url.rstrip("/") for url in baseurls), purger)
+    return Cdn(tuple(url.rstrip("/") for url in baseurls), purger, timeout)
 
 
 def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:

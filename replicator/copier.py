@@ -1,10 +1,18 @@
 """Copying blobs and manifests into a destination: verified, each digest once per pass.
 
-A blob is streamed through the replicator and hashed on the way, or, when the destination's
-storage can copy it from the source's itself (:class:`~drivers.base.ServerSideCopy`) and the
-run allows it, copied server-side: then its size is checked before the copy, and its digest
-only by ``replicator verify --deep``. Manifests are written from the bytes already read and
-checked.
+A blob is streamed through the replicator and hashed on the way, or copied by the destination's
+storage from the source's itself (:class:`~drivers.base.ServerSideCopy`) as the run's
+``server_side_copy`` mode allows:
+
+- ``verified``: only where the provider's answer carries the SHA-256 of the bytes it stored
+  (:class:`~drivers.base.HashedServerSideCopy`); it is compared with the digest before any link
+  refers to the blob, and a copy that differs is deleted and fails its tags as a corrupt blob;
+- ``trusted``: any server-side copy, checked by size only (``verify --deep`` re-hashes);
+- ``off``: stream everything.
+
+A streamed blob whose bytes do not match its digest or size is read again from the source (a
+body cut short without a length reads back short with no error) before it is declared corrupt.
+Manifests are written from the bytes already read and checked.
 """
 
 from __future__ import annotations
@@ -14,17 +22,26 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from drivers.base import ServerSideCopy, StorageDriver
+from drivers.base import HashedServerSideCopy, ServerSideCopy, StorageDriver
 from drivers.errors import AccessDenied, NotFound
+from drivers.retry import pause
 from replicator import layout
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
 
 log = logging.getLogger(__name__)
 
+SERVER_SIDE_MODES = ("verified", "trusted", "off")
+SOURCE_READS = 3
+"""Reads of a blob from the source before its bytes are declared corrupt."""
+
 
 class ReplicationError(Exception):
     """Content at the source cannot be replicated as it is (missing or corrupt)."""
+
+
+class _Mismatch(ReplicationError):
+    """The bytes read do not match the digest or the size: perhaps a read cut short."""
 
 
 class BlobCopier:
@@ -32,16 +49,17 @@ class BlobCopier:
 
     ``ensure`` returns a future shared by every tag that needs the same digest; it fails with
     ``ReplicationError`` when the source bytes are missing or do not match the digest (or, for
-    a server-side copy, its size), in which case nothing was made visible at the destination.
-
-    With ``server_side_copy``, blobs of known size are copied server-side where the
-    destination can copy from the source; the first ``AccessDenied`` from such a copy turns
-    it off for the rest of the copier's pass (that blob and every later one stream).
+    a trusted server-side copy, its size), in which case nothing was made visible at the
+    destination. ``server_side`` is one of ``SERVER_SIDE_MODES``; the first ``AccessDenied``
+    from a server-side copy (or a hashed copy whose answer carried no hash) turns server-side
+    copies off for the rest of the copier's pass (that blob and every later one stream).
     """
 
     def __init__(self, source: StorageDriver, destination: StorageDriver,
                  pool: ThreadPoolExecutor, report: PassReport, dry_run: bool,
-                 server_side_copy: bool = True):
+                 server_side: str = "verified"):
+        if server_side not in SERVER_SIDE_MODES:
+            raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")
         self.source = source
         self.destination = destination
         self.pool = pool
@@ -49,8 +67,9 @@ class BlobCopier:
         self.dry_run = dry_run
         self._lock = threading.Lock()
         self._futures: dict[str, Future] = {}
-        self._server_side = (server_side_copy and isinstance(destination, ServerSideCopy)
-                             and destination.can_copy_from(source))
+        capable = (isinstance(destination, HashedServerSideCopy) if server_side == "verified"
+                   else isinstance(destination, ServerSideCopy) and server_side == "trusted")
+        self._server_side = server_side if capable and destination.can_copy_from(source) else "off"
 
     def ensure_blob(self, blob: Descriptor) -> Future:
         return self._ensure(blob.digest, self._copy_blob, blob)
@@ -71,8 +90,27 @@ class BlobCopier:
 
     def _copy_blob(self, blob: Descriptor) -> None:
         key = layout.blob_key(blob.digest)
-        if self._server_side and blob.size >= 0 and self._copy_server_side(blob, key):
+        mode = self._server_side
+        if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
+                and self._copy_server_side(blob, key, hashed=True)):
             return
+        if mode == "trusted" and blob.size >= 0 and self._copy_server_side(blob, key, hashed=False):
+            return
+        for reads in range(1, SOURCE_READS + 1):
+            try:
+                size = self._stream(blob, key)
+            except _Mismatch as error:
+                if reads == SOURCE_READS:
+                    raise
+                log.info("%s; reading it again from the source", error)
+                pause(reads)
+            else:
+                self.report.count("blobs_copied")
+                self.report.count("bytes_copied", size)
+                return
+
+    def _stream(self, blob: Descriptor, key: str) -> int:
+        """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
         hasher = hashlib.sha256()
         with self.destination.writer(key) as writer:
             try:
@@ -83,17 +121,16 @@ class BlobCopier:
                 raise _missing(blob) from None
             actual = "sha256:" + hasher.hexdigest()
             if actual != blob.digest:
-                raise ReplicationError(f"blob {blob.digest} is corrupt at the source: "
-                                       f"its bytes hash to {actual}")
+                raise _corrupt(blob, actual)
             if 0 <= blob.size != writer.size:
                 raise _wrong_size(blob, writer.size)
             writer.commit()
-        self.report.count("blobs_copied")
-        self.report.count("bytes_copied", writer.size)
+        return writer.size
 
-    def _copy_server_side(self, blob: Descriptor, key: str) -> bool:
-        """Copy ``blob`` storage to storage once its size at the source is the manifest's.
-        False (nothing copied) when the destination may not read the source: stream it."""
+    def _copy_server_side(self, blob: Descriptor, key: str, hashed: bool) -> bool:
+        """Copy ``blob`` storage to storage once its size at the source is the manifest's;
+        ``hashed``: and keep it only if the provider's SHA-256 is the digest. False (nothing
+        copied) when the copy cannot be had or proven: the caller streams it."""
         try:
             size = self.source.stat(key).size
         except NotFound:
@@ -101,21 +138,34 @@ class BlobCopier:
         if size != blob.size:
             raise _wrong_size(blob, size)
         try:
-            self.destination.copy_from(self.source, key, size)
+            if hashed:
+                copy = self.destination.copy_from_hashed(self.source, key, size)
+            else:
+                self.destination.copy_from(self.source, key, size)
         except NotFound:
             raise _missing(blob) from None
         except AccessDenied as error:
-            with self._lock:
-                first, self._server_side = self._server_side, False
-            if first:
-                log.warning("server-side copy to %s refused (%s); streaming blobs through the "
-                            "replicator instead for the rest of this pass",
-                            self.destination.describe(), error)
+            self._stop_server_side(f"refused ({error})")
             return False
+        if hashed and copy.sha256 is None:
+            self.destination.delete(key)
+            self._stop_server_side("answered without the SHA-256 of the copy")
+            return False
+        if hashed and "sha256:" + copy.sha256 != blob.digest:
+            self.destination.delete(key)
+            raise _corrupt(blob, "sha256:" + copy.sha256)
         self.report.count("blobs_copied")
         self.report.count("server_side_copies")
+        self.report.count("server_side_verified" if hashed else "server_side_trusted")
         self.report.count("server_side_bytes", size)
         return True
+
+    def _stop_server_side(self, reason: str) -> None:
+        with self._lock:
+            first, self._server_side = self._server_side != "off", "off"
+        if first:
+            log.warning("server-side copy to %s %s; streaming blobs through the replicator "
+                        "instead for the rest of this pass", self.destination.describe(), reason)
 
     def _write_manifest(self, manifest: Manifest) -> None:
         self.destination.write(layout.blob_key(manifest.digest), manifest.data)
@@ -127,6 +177,10 @@ def _missing(blob: Descriptor) -> ReplicationError:
     return ReplicationError(f"blob {blob.digest} is missing at the source")
 
 
-def _wrong_size(blob: Descriptor, size: int) -> ReplicationError:
-    return ReplicationError(f"blob {blob.digest} is {size} bytes at the source, "
-                            f"the manifest says {blob.size}")
+def _corrupt(blob: Descriptor, actual: str) -> _Mismatch:
+    return _Mismatch(f"blob {blob.digest} is corrupt at the source: its bytes hash to {actual}")
+
+
+def _wrong_size(blob: Descriptor, size: int) -> _Mismatch:
+    return _Mismatch(f"blob {blob.digest} is {size} bytes at the source, "
+                     f"the manifest says {blob.size}")

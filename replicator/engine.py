@@ -22,8 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
-from drivers.errors import NotFound, StorageError
+from drivers.errors import AccessDenied, NotFound, StorageError, TransientError
 from replicator import layout
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier, ReplicationError
@@ -37,7 +38,7 @@ from replicator.manifests import (
     parse_manifest,
 )
 from replicator.planner import TagPlan, plan_tag
-from replicator.purging import purge_urls, send_purges
+from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
 from replicator.sharding import Shard
 from state.store import PassRecord, StateStore
@@ -46,17 +47,18 @@ log = logging.getLogger(__name__)
 
 TAG_ERRORS = (ReplicationError, StorageError, ManifestError, layout.LayoutError)
 
-RETRY_BACKOFF = (60.0, 3600.0)
-"""Default (initial, maximum) seconds between attempts at a failing tag."""
+RETRY_BACKOFF = Backoff(initial=60.0, maximum=3600.0)
+"""The wait between attempts at a failing tag."""
 
 
 def error_kind(error: Exception) -> str:
     """A short, stable name for what went wrong, for metrics: ``source_content``,
-    ``manifest``, ``layout``, ``storage_transient``, ``storage_access``, ``storage``."""
-    if isinstance(error, StorageError):
-        return {"TransientError": "storage_transient", "AccessDenied": "storage_access"}.get(
-            type(error).__name__, "storage")
-    return {ReplicationError: "source_content", ManifestError: "manifest"}.get(type(error), "layout")
+    ``manifest``, ``layout``, ``storage_transient``, ``storage_access``, ``storage``,
+    ``internal`` (a defect: anything else)."""
+    kinds = ((TransientError, "storage_transient"), (AccessDenied, "storage_access"),
+             (StorageError, "storage"), (ReplicationError, "source_content"),
+             (ManifestError, "manifest"), (layout.LayoutError, "layout"))
+    return next((kind for cls, kind in kinds if isinstance(error, cls)), "internal")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class RunOptions:
     """How a pass runs.
 
     ``audit`` re-reads every link and re-plans every tag, trusting no cached state.
-    ``backoff`` (initial, maximum seconds) defers failing tags until their next retry time;
+    ``backoff`` defers failing tags until their next retry time;
     ``None`` retries every failing tag now. ``stop``, once set, makes the pass start no
     further tag (tags under way finish). ``shard`` limits the pass to the repositories it owns.
     ``on_pass`` is called as each destination's pass starts, with its report and tags.
@@ -73,15 +75,18 @@ class RunOptions:
     concurrency: int = 8
     dry_run: bool = False
     audit: bool = False
-    backoff: tuple[float, float] | None = None
+    backoff: Backoff | None = None
     stop: threading.Event | None = None
     shard: Shard = Shard()
     on_pass: Callable[[PassReport, list[tuple[str, str]]], None] | None = None
-    server_side_copy: bool = True
-    """Let a destination's storage copy blobs from the source's where it can (``BlobCopier``)."""
+    server_side_copy: str = "verified"
+    """``verified``, ``trusted`` or ``off``: which server-side copies ``BlobCopier`` may make."""
     abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
     """After a pass that died (or in an audit), a full pass first discards the destination's
     incomplete uploads older than this."""
+    wait_for_purges: bool = False
+    """Keep retrying the destination's purges until accepted or its ``cdn.timeout`` (``sync``);
+    otherwise one attempt, later ones left to the purge queue's timer (``serve``)."""
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -187,8 +192,9 @@ class DestinationPass:
             self._delete_removed_tags()
         if not self.options.dry_run:
             self._record(started)
-            outcome = send_purges(self.region, self.state)
-            for result in ("sent", "retrying", "failed"):
+            timeout = self.region.cdn.timeout if self.options.wait_for_purges and self.region.cdn else None
+            outcome = deliver_purges(self.region, self.state, timeout)
+            for result in ("sent", "retrying", "failed", "timed_out"):
                 self.report.count(f"purges_{result}", getattr(outcome, result))
         return self.report
 
@@ -246,6 +252,9 @@ class DestinationPass:
             self._apply(plan)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
+        except Exception as error:  # a defect must fail its tag, not the whole pass
+            log.debug("unexpected error replicating %s:%s", name, tag, exc_info=True)
+            self._failed(name, tag, digest, _unexpected(error))
         else:
             self._done(name, tag, not plan.empty, digest)
 
@@ -385,6 +394,12 @@ class DestinationPass:
                 self.report.count("tags_deleted")
 
 
+def _unexpected(error: Exception) -> Exception:
+    """An error no layer classified, as a message a report can carry (the trace is logged at
+    debug level)."""
+    return RuntimeError(f"unexpected {type(error).__name__}: {error}")
+
+
 def _listing_prefix(repository: str | None) -> str:
     return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
 
@@ -400,7 +415,8 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
 
     A region that cannot be listed fails the passes it is in (the source: all of them; a
     destination: its own), each report then has ``error`` set and a failed pass is recorded.
-    Per-tag problems are in the reports (and the state store). Never raises ``StorageError``.
+    Per-tag problems are in the reports (and the state store). Never raises for an error of a
+    region or a tag: an unexpected one fails its tag or its destination's pass.
     """
     started = time.time()
     source_storage = config.regions[policy.source].storage
@@ -422,10 +438,14 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
         except StorageError as error:
             reports.append(_failed_pass(policy, name, error, state, started, options, repository,
                                         destination_pass.report))
+        except Exception as error:  # a defect fails this destination's pass, not the run
+            log.debug("unexpected error in the pass into %s", name, exc_info=True)
+            reports.append(_failed_pass(policy, name, _unexpected(error), state, started, options,
+                                        repository, destination_pass.report))
     return reports
 
 
-def _failed_pass(policy: Policy, destination: str, error: StorageError, state: StateStore,
+def _failed_pass(policy: Policy, destination: str, error: Exception, state: StateStore,
                  started: float, options: RunOptions, repository: str | None,
                  report: PassReport | None = None) -> PassReport:
     log.error("pass of policy %s into %s failed: %s", policy.name, destination, error,

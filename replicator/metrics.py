@@ -41,6 +41,10 @@ class Metrics:
         self.server_side_bytes = Counter("replicator_server_side_bytes", "Bytes a destination's "
                                          "storage copied from the source's itself.", DESTINATION,
                                          registry=self.registry)
+        self.server_side_copies = Counter("replicator_server_side_copies", "Blobs a destination's "
+                                          "storage copied from the source's itself, by check: verified "
+                                          "(SHA-256 proven by the provider) or trusted (size only).",
+                                          (*DESTINATION, "check"), registry=self.registry)
         self.errors = Counter("replicator_errors", "Tags that failed in a pass, by kind of error.",
                               ("destination", "kind"), registry=self.registry)
         self.events = Counter("replicator_events_received", "Registry notification events received.",
@@ -62,6 +66,8 @@ class Metrics:
         self.blobs_copied.labels(*labels).inc(report.blobs_copied + report.manifests_copied)
         self.bytes_copied.labels(*labels).inc(report.bytes_copied)
         self.server_side_bytes.labels(*labels).inc(report.server_side_bytes)
+        for check in ("verified", "trusted"):
+            self.server_side_copies.labels(*labels, check).inc(getattr(report, f"server_side_{check}"))
         for failure in report.failures:
             if failure.kind != "deferred":
                 self.errors.labels(report.destination, failure.kind).inc()

@@ -2,7 +2,8 @@
 
 The engine enqueues a tag's purge URLs before it writes (or deletes) the tag's
 ``current/link`` and marks them ready right after; :func:`send_purges` then sends what is
-ready, in the provider's batch size, and keeps what failed for a later attempt with back-off.
+ready, in the provider's batch size, and keeps what failed for a later attempt with back-off;
+:func:`deliver_purges` retries within the run until the provider accepts or time runs out.
 A process that died in between leaves not-ready rows, which :func:`recover_purges` makes
 ready at the next start: a purge is sent at least once after its tag moved, never lost.
 """
@@ -14,14 +15,16 @@ import logging
 import time
 from dataclasses import dataclass
 
+from drivers.backoff import Backoff
 from drivers.cdn.base import PurgeError
 from replicator.config import Region
 from state.store import PurgeItem, StateStore
 
 log = logging.getLogger(__name__)
 
-BACKOFF = (5.0, 600.0)
-"""(initial, maximum) seconds before a failed purge batch is tried again."""
+BACKOFF = Backoff(initial=1.0, maximum=600.0)
+"""The wait before a failed purge batch is tried again (at least its ``Retry-After``); a batch
+refused for good waits ``maximum``."""
 
 
 def purge_urls(baseurls: tuple[str, ...], name: str, tag: str) -> list[str]:
@@ -33,9 +36,13 @@ def purge_urls(baseurls: tuple[str, ...], name: str, tag: str) -> list[str]:
 
 @dataclass
 class PurgeOutcome:
+    """URLs accepted, failed but worth retrying, and refused for good. ``timed_out`` counts the
+    retrying ones still not accepted when a delivery's time ran out (they stay queued)."""
+
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    timed_out: int = 0
     errors: tuple[str, ...] = ()
 
 
@@ -46,10 +53,38 @@ def batch_id(items: list[PurgeItem]) -> str:
 
 
 def recover_purges(regions: dict[str, Region], state: StateStore) -> None:
-    """Make every recorded purge sendable: call once at start, before any pass."""
+    """Make every recorded purge sendable now, whatever its back-off: call once at start,
+    before any pass, so that a new run tries what an earlier one left outstanding."""
     for name, region in regions.items():
         if region.cdn is not None:
-            state.ready_purges(name)
+            state.ready_purges(name, due=True)
+
+
+def deliver_purges(region: Region, state: StateStore, timeout: float | None,
+                   sleep=time.sleep) -> PurgeOutcome:
+    """Send the ready purges of ``region`` that are due and, with a ``timeout``, keep retrying
+    those that fail retryably (after the back-off, at least their ``Retry-After``) until the
+    provider accepts them or ``timeout`` seconds have passed. Without one: one attempt.
+    Never raises for a provider's error; refused and timed-out purges stay queued."""
+    total = send_purges(region, state)
+    if timeout is None or region.cdn is None:
+        return total
+    deadline = time.time() + timeout
+    errors = list(total.errors)
+    last = total
+    while last.retrying:
+        due = state.next_purge_due(region.name)
+        if due is None or due > deadline:
+            break
+        sleep(max(0.0, due - time.time()))
+        last = send_purges(region, state)
+        total.sent += last.sent
+        total.failed += last.failed
+        errors.extend(last.errors)
+    total.retrying = last.retrying
+    total.timed_out = last.retrying
+    total.errors = tuple(errors)
+    return total
 
 
 def send_purges(region: Region, state: StateStore, now: float | None = None) -> PurgeOutcome:
@@ -65,6 +100,7 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
     outcome = PurgeOutcome()
     purger = region.cdn.purger
     items = state.due_purges(region.name, now)
+    offset = now - time.time()   # waits count from each answer, on the caller's clock
     errors = []
     for start in range(0, len(items), purger.batch_size):
         batch = items[start:start + purger.batch_size]
@@ -73,9 +109,8 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
             purger.purge(urls, batch_id(batch))
         except PurgeError as error:
             attempts = max(item.attempts for item in batch) + 1
-            wait = min(BACKOFF[1], BACKOFF[0] * 2 ** (attempts - 1)) if error.retryable else BACKOFF[1]
-            wait = max(wait, error.retry_after or 0)
-            state.purges_failed(region.name, urls, str(error), now + wait)
+            wait = BACKOFF.delay(attempts, error.retry_after) if error.retryable else BACKOFF.maximum
+            state.purges_failed(region.name, urls, str(error), time.time() + offset + wait)
             log.warning("purge of %d URLs at %s failed (%s): %s", len(urls), purger.describe(),
                         "will retry" if error.retryable else "permanent", error)
             errors.append(str(error))

@@ -7,11 +7,15 @@ from dataclasses import asdict, dataclass, field
 
 COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
-            "server_side_copies", "server_side_bytes",
-            "purges_sent", "purges_retrying", "purges_failed")
+            "server_side_copies", "server_side_verified", "server_side_trusted", "server_side_bytes",
+            "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out")
 """``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
-destination's storage copied from the source's itself; ``bytes_copied`` counts only the bytes
-that streamed through the replicator (blobs and manifests), ``server_side_bytes`` the others."""
+destination's storage copied from the source's itself (``server_side_verified`` of them with
+the SHA-256 proven by the provider, ``server_side_trusted`` checked by size only); ``bytes_copied`` counts only the bytes
+that streamed through the replicator (blobs and manifests), ``server_side_bytes`` the others.
+``purges_retrying`` counts URLs not accepted yet but worth retrying, ``purges_failed`` those
+refused for good, ``purges_timed_out`` those still retrying when the run's ``cdn.timeout`` ran
+out (the last two make the pass fail)."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,13 @@ class PassReport:
     blobs_present: int = 0
     bytes_copied: int = 0
     server_side_copies: int = 0
+    server_side_verified: int = 0
+    server_side_trusted: int = 0
     server_side_bytes: int = 0
     purges_sent: int = 0
     purges_retrying: int = 0
     purges_failed: int = 0
+    purges_timed_out: int = 0
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     """Set when the pass could not run at all (a region could not be listed)."""
@@ -51,8 +58,10 @@ class PassReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing failed: no tag, no pass, no purge refused for good (retrying is fine)."""
-        return self.error is None and self.tags_failed == 0 and self.purges_failed == 0
+        """Nothing failed: no tag, no pass, no purge refused for good or timed out (a purge still
+        retrying within a run that does not wait for it is fine)."""
+        return (self.error is None and self.tags_failed == 0 and self.purges_failed == 0
+                and self.purges_timed_out == 0)
 
     def count(self, counter: str, n: int = 1) -> None:
         if counter not in COUNTERS:
@@ -85,9 +94,11 @@ class PassReport:
 
 
 def run_document(reports: list[PassReport], requests: dict[str, dict[str, int]],
-                 cdn_calls: dict[str, int], duration: float, dry_run: bool) -> dict:
+                 cdn_calls: dict[str, int], duration: float, dry_run: bool,
+                 purges_outstanding: dict[str, list[str]] | None = None) -> dict:
     """The ``--json`` document of a ``sync`` run: ``requests`` are storage requests and
-    ``cdn_calls`` CDN API calls, by region."""
+    ``cdn_calls`` CDN API calls, by region; ``purges_outstanding`` the URLs each region's CDN
+    has not accepted yet when the run ends (regions with none are left out)."""
     return {
         "ok": all(report.ok for report in reports),
         "dry_run": dry_run,
@@ -95,6 +106,7 @@ def run_document(reports: list[PassReport], requests: dict[str, dict[str, int]],
         "passes": [report.as_dict(dry_run) for report in reports],
         "requests": requests,
         "cdn_calls": cdn_calls,
+        "purges_outstanding": {name: urls for name, urls in (purges_outstanding or {}).items() if urls},
     }
 
 
@@ -112,11 +124,13 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
             f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
             f"({human_size(report.bytes_copied)}"
             + (f"; {report.server_side_copies} blobs of {human_size(report.server_side_bytes)} "
-               f"copied server-side" if report.server_side_copies else "")
+               f"copied server-side ({report.server_side_verified} verified, "
+               f"{report.server_side_trusted} trusted)" if report.server_side_copies else "")
             + f"), {report.blobs_present} already present"
             + (f"; {report.purges_sent} CDN purges sent, {report.purges_retrying + report.purges_failed} "
                f"not accepted yet" if report.purges_sent or report.purges_retrying
-               or report.purges_failed else ""))
+               or report.purges_failed else "")
+            + (f" ({report.purges_timed_out} timed out, still queued)" if report.purges_timed_out else ""))
         lines.extend(f"  would {action}" for action in report.planned)
         lines.extend(f"  FAILED {f.repository}:{f.tag}: {f.error}"
                      for f in sorted(report.failures, key=lambda f: (f.repository, f.tag)))

@@ -33,7 +33,7 @@ from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-PURGE_RETRY_INTERVAL = 15.0
+PURGE_RETRY_INTERVAL = 2.0
 READINESS_INTERVAL = 10.0
 DEBOUNCE_MAX_FACTOR = 10
 """A burst of events waits at most this many debounce windows."""

@@ -31,6 +31,8 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from drivers.backoff import Backoff
+
 migrations = Migrations("replicator")
 
 
@@ -211,12 +213,10 @@ class StateStore:
                           bool(row["audit"]))
 
     def record_failure(self, policy: str, destination: str, repository: str, tag: str,
-                       digest: str, error: str, backoff: tuple[float, float],
+                       digest: str, error: str, backoff: Backoff,
                        now: float | None = None) -> FailureRecord:
-        """Count one more failed attempt; the next retry waits ``initial * 2**(attempts-1)``
-        seconds, at most ``maximum`` (``backoff = (initial, maximum)``)."""
+        """Count one more failed attempt; the next retry waits ``backoff.delay(attempts)``."""
         now = time.time() if now is None else now
-        initial, maximum = backoff
         with self._lock, self.db.conn:
             key = (policy, destination, repository, tag)
             previous = list(self.db.query(
@@ -225,7 +225,7 @@ class StateStore:
             attempts = previous[0]["attempts"] + 1 if previous else 1
             first = previous[0]["first_failed"] if previous else now
             record = FailureRecord(policy, destination, repository, tag, digest, attempts, error,
-                                   first, now, now + min(maximum, initial * 2 ** (attempts - 1)))
+                                   first, now, now + backoff.delay(attempts))
             self.db["failures"].upsert(record.__dict__, pk=("policy", "destination", "repository", "tag"))
         return record
 
@@ -281,14 +281,25 @@ class StateStore:
                 "on conflict do update set ready = 0, generation = generation + 1",
                 [(destination, url, now, now) for url in urls])
 
-    def ready_purges(self, destination: str, urls: list[str] | None = None) -> None:
-        """Mark purges sendable: ``urls`` of ``destination``, or all of them (after a restart)."""
+    def ready_purges(self, destination: str, urls: list[str] | None = None, *,
+                     due: bool = False) -> None:
+        """Mark purges sendable: ``urls`` of ``destination``, or all of them (after a restart);
+        with ``due``, also due now, whatever their back-off said."""
+        now = time.time()
         with self._lock, self.db.conn:
             if urls is None:
-                self.db.execute("update purges set ready = 1 where destination = ?", [destination])
+                self.db.execute("update purges set ready = 1, next_try = min(next_try, ?) "
+                                "where destination = ?", [now if due else float("inf"), destination])
             else:
                 self.db.conn.executemany("update purges set ready = 1 where destination = ? and url = ?",
                                          [(destination, url) for url in urls])
+
+    def next_purge_due(self, destination: str) -> float | None:
+        """When the earliest ready purge of ``destination`` is due; ``None`` if none is ready."""
+        with self._lock:
+            rows = list(self.db.query("select min(next_try) as due from purges "
+                                      "where destination = ? and ready = 1", [destination]))
+            return rows[0]["due"]
 
     def due_purges(self, destination: str, now: float | None = None) -> list[PurgeItem]:
         now = time.time() if now is None else now

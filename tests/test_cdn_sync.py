@@ -84,7 +84,7 @@ class World:
     """``src`` -> ``dst`` on filesystems, ``dst`` behind a CDN; the config as a file and loaded."""
 
     def __init__(self, tmp: Path, provider: str, params: dict, *, bases: tuple[str, ...] = BASES,
-                 delete: bool = False):
+                 delete: bool = False, cdn_timeout: str | None = None):
         self.tmp = tmp
         tmp.mkdir(parents=True)
         document = {
@@ -92,7 +92,8 @@ class World:
             "regions": {
                 SRC: {"storage": reg.filesystem_storage(tmp / SRC)},
                 DST: {"storage": reg.filesystem_storage(tmp / DST),
-                      "cdn": {"baseurls": list(bases), provider: params}},
+                      "cdn": {"baseurls": list(bases), provider: params,
+                              **({"timeout": cdn_timeout} if cdn_timeout else {})}},
             },
             "policies": [{"name": "p", "source": SRC, "destinations": [DST], "delete": delete}],
         }
@@ -322,7 +323,8 @@ def test_http_ban_mode_bans_every_url_with_its_host(serve, make_world):
 
 # --- failures, retries and back-off -------------------------------------------------------------
 
-def test_a_throttled_purge_stays_outstanding_until_a_later_send_is_accepted(serve, make_world):
+def test_a_throttled_purge_in_a_pass_that_does_not_wait_stays_queued_with_back_off(serve, make_world):
+    """``serve``'s passes try a purge once; its timer sends it again when the back-off says."""
     server = serve([Reply(429, {"success": False, "errors": [{"code": 971, "message": "slow down"}]},
                           {"Retry-After": "1"}),
                     Reply(500, {"success": False, "errors": [{"code": 10002, "message": "oops"}]})],
@@ -349,17 +351,17 @@ def test_a_throttled_purge_stays_outstanding_until_a_later_send_is_accepted(serv
                   {"destination": DST, "provider": "cloudflare", "result": "retrying"}) == 4
     assert sample("replicator_lag_seconds", {"policy": "p", "source": SRC, "destination": DST}) > 0
 
-    # back-off: 5 s after the first failure (more than Retry-After), 10 s after the second
-    assert send_purges(world.region, world.state, now=started + 4).sent == 0
+    # back-off: 1 s after the first failure (as its Retry-After asked), 2 s after the second
+    assert send_purges(world.region, world.state, now=started + 0.5).sent == 0
     assert len(server.requests) == 1
     second = time.time()
-    retried = send_purges(world.region, world.state, now=second + 6)
+    retried = send_purges(world.region, world.state, now=second + 1.5)
     assert (retried.sent, retried.retrying, len(server.requests)) == (0, 4, 2)
     assert all("HTTP 500" in item.error and item.attempts == 2
                for item in world.state.outstanding_purges(DST))
-    assert send_purges(world.region, world.state, now=second + 6 + 9).sent == 0
+    assert send_purges(world.region, world.state, now=second + 1.5 + 1.9).sent == 0
     assert len(server.requests) == 2
-    done = send_purges(world.region, world.state, now=second + 6 + 11)
+    done = send_purges(world.region, world.state, now=second + 1.5 + 2.1)
     assert (done.sent, done.retrying, done.failed) == (4, 0, 0)
     assert cloudflare_urls(server.requests[2:]) == expected_urls("app", "1")
 

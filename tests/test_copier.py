@@ -4,6 +4,9 @@ the ability (so that every path, refusals included, runs without a cloud emulato
 What holds: a blob of known size is copied storage to storage after its size at the source is
 checked; bytes never stream through the replicator for it; manifests are still written from
 memory; a refused copy falls back to streaming for the rest of the pass; the switch turns it off.
+Verified (the default): only copies whose answer carries the SHA-256 of what was stored, which
+must be the digest, else the copy is deleted and its tags fail as for a corrupt streamed blob.
+Trusted: size checked only, same-size corruption left to ``verify --deep``.
 """
 
 import logging
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import ServerSideCopy, StorageDriver, check_key
+import hashlib
+
+from drivers.base import HashedCopy, HashedServerSideCopy, StorageDriver, check_key
 from drivers.errors import AccessDenied, ConfigError, NotFound
 from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
@@ -31,11 +36,15 @@ BLOBS = {blob.digest: blob for image in IMAGES.values() for blob in image.all_bl
          if blob.digest not in MANIFESTS}
 
 
-class CopyingFilesystem(FilesystemDriver, ServerSideCopy):
+class CopyingFilesystem(FilesystemDriver, HashedServerSideCopy):
     """A filesystem that copies from another filesystem "server-side": the file's bytes go
-    from path to path without the caller reading them. ``refuse`` makes it answer AccessDenied."""
+    from path to path without the caller reading them. ``refuse`` makes it answer AccessDenied;
+    ``hashing`` says whether a hashed copy's answer carries the SHA-256 of the stored bytes;
+    ``limit`` is the largest object it copies hashed."""
 
     refuse = False
+    hashing = True
+    limit = 1 << 40
 
     def can_copy_from(self, source: StorageDriver) -> bool:
         return isinstance(source, FilesystemDriver)
@@ -51,6 +60,14 @@ class CopyingFilesystem(FilesystemDriver, ServerSideCopy):
             raise NotFound(key) from None
         return self.write(key, data)
 
+    def hashes_copy(self, size: int) -> bool:
+        return size <= self.limit
+
+    def copy_from_hashed(self, source: StorageDriver, key: str, size: int) -> HashedCopy:
+        etag = self.copy_from(source, key, size)
+        stored = Path(self._path(key)).read_bytes()
+        return HashedCopy(etag, hashlib.sha256(stored).hexdigest() if self.hashing else None)
+
 
 @pytest.fixture
 def config(tmp_path):
@@ -63,11 +80,14 @@ def storage(config, region):
     return config.regions[region].storage
 
 
-def test_blobs_are_copied_server_side_and_only_manifests_stream(config):
+@pytest.mark.parametrize("mode", ["verified", "trusted"])
+def test_blobs_are_copied_server_side_and_only_manifests_stream(config, mode):
     source_before = storage(config, "src").requests.snapshot()
-    report = sync(config, concurrency=1)  # exact counts: tags sharing a manifest may both read it
-    assert (report.tags_replicated, report.tags_failed) == (len(IMAGES), 0)
+    report = sync(config, concurrency=1, server_side_copy=mode)  # exact counts: tags sharing a
+    assert (report.tags_replicated, report.tags_failed) == (len(IMAGES), 0)  # manifest may both read it
     assert report.blobs_copied == report.server_side_copies == len(BLOBS)
+    assert (report.server_side_verified, report.server_side_trusted) == \
+        ((len(BLOBS), 0) if mode == "verified" else (0, len(BLOBS)))
     assert report.server_side_bytes == sum(len(blob.data) for blob in BLOBS.values())
     assert report.manifests_copied == len(MANIFESTS)
     assert report.bytes_copied == sum(len(blob.data) for blob in MANIFESTS.values())
@@ -80,17 +100,18 @@ def test_blobs_are_copied_server_side_and_only_manifests_stream(config):
 
 
 def test_the_switch_turns_server_side_copy_off(config):
-    report = sync(config, server_side_copy=False)
+    report = sync(config, server_side_copy="off")
     assert (report.blobs_copied, report.server_side_copies, report.server_side_bytes) == \
         (len(BLOBS), 0, 0)
     assert report.bytes_copied == sum(len(b.data) for b in (*BLOBS.values(), *MANIFESTS.values()))
     assert storage(config, "dst").requests.snapshot()["copy"] == 0
 
 
-def test_a_refused_copy_streams_that_blob_and_every_later_one(config, caplog):
+@pytest.mark.parametrize("mode", ["verified", "trusted"])
+def test_a_refused_copy_streams_that_blob_and_every_later_one(config, caplog, mode):
     storage(config, "dst").refuse = True
     with caplog.at_level(logging.WARNING, logger="replicator.copier"):
-        report = sync(config, concurrency=1)
+        report = sync(config, concurrency=1, server_side_copy=mode)
     assert (report.tags_replicated, report.tags_failed) == (len(IMAGES), 0)
     assert (report.blobs_copied, report.server_side_copies) == (len(BLOBS), 0)
     assert storage(config, "dst").requests.snapshot()["copy"] == 1
@@ -117,13 +138,56 @@ def test_a_blob_of_the_wrong_size_or_missing_fails_its_tags_before_any_copy(conf
     assert storage(config, "dst").requests.snapshot()["copy"] == len(BLOBS) - 1
 
 
-def test_same_size_corruption_is_left_to_verify_deep(config):
-    """The price of not streaming: a same-size corrupt blob is copied as it is; the deep verify
-    (which re-hashes every blob at the destination) names it."""
-    layer = WEB.blobs[-1]
+def flip_last_byte(config, layer) -> None:
     path = Path(storage(config, "src")._path(layout.blob_key(layer.digest)))
     path.write_bytes(layer.data[:-1] + bytes([layer.data[-1] ^ 0xFF]))
-    assert sync(config).tags_failed == 0
+
+
+def test_verified_same_size_corruption_is_deleted_and_fails_its_tags_like_a_streamed_one(config):
+    layer = WEB.blobs[-1]
+    flip_last_byte(config, layer)
+    actual = "sha256:" + hashlib.sha256(layer.data[:-1] + bytes([layer.data[-1] ^ 0xFF])).hexdigest()
+    report = sync(config)
+    failed = {(f.repository, f.tag): f for f in report.failures}
+    assert set(failed) == {("web", "1.0"), ("web", "multi")}
+    for failure in failed.values():
+        assert failure.kind == "source_content"
+        assert failure.error == f"blob {layer.digest} is corrupt at the source: its bytes hash to {actual}"
+    assert report.tags_replicated == 1   # tools/cli:latest does not need that layer
+    with pytest.raises(NotFound):
+        storage(config, "dst").stat(layout.blob_key(layer.digest))
+    assert not Path(storage(config, "dst")._path(layout.tag_current_key("web", "1.0"))).exists()
+
+    streamed = sync(config, server_side_copy="off")   # the same failure, streaming
+    assert {(f.repository, f.tag, f.error) for f in streamed.failures} == \
+        {(name, tag, failure.error) for (name, tag), failure in failed.items()}
+
+
+def test_verified_copies_stream_where_the_provider_cannot_prove_the_hash(config, caplog):
+    storage(config, "dst").limit = min(len(blob.data) for blob in BLOBS.values())
+    report = sync(config, concurrency=1)
+    assert (report.tags_replicated, report.blobs_copied) == (len(IMAGES), len(BLOBS))
+    assert 0 < report.server_side_verified == report.server_side_copies < len(BLOBS)
+    assert report.server_side_trusted == 0
+
+
+def test_a_hashed_copy_answered_without_a_hash_is_deleted_and_streamed(config, caplog):
+    storage(config, "dst").hashing = False
+    with caplog.at_level(logging.WARNING, logger="replicator.copier"):
+        report = sync(config, concurrency=1)
+    assert (report.tags_replicated, report.blobs_copied, report.server_side_copies) == \
+        (len(IMAGES), len(BLOBS), 0)
+    assert storage(config, "dst").requests.snapshot()["copy"] == 1
+    assert any("answered without the SHA-256 of the copy" in r.message for r in caplog.records)
+    assert verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+
+
+def test_trusted_same_size_corruption_is_left_to_verify_deep(config):
+    """The price of trusting: a same-size corrupt blob is copied as it is; the deep verify
+    (which re-hashes every blob at the destination) names it."""
+    layer = WEB.blobs[-1]
+    flip_last_byte(config, layer)
+    assert sync(config, server_side_copy="trusted").tags_failed == 0
     drift = verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift
     assert {(item.kind, item.repository, item.tag) for item in drift} == \
         {("wrong-digest", "web", "1.0")}
@@ -134,8 +198,10 @@ def test_server_side_copy_config(tmp_path):
                 "policies": [{"name": "p", "source": "a", "destinations": ["a"]}]}
     document["regions"]["b"] = document["regions"]["a"]
     document["policies"][0]["destinations"] = ["b"]
-    assert config_module.parse(document).server_side_copy is True
-    assert config_module.parse({**document, "server_side_copy": False}).server_side_copy is False
+    assert config_module.parse(document).server_side_copy == "verified"
+    for value, mode in ((True, "verified"), ("verified", "verified"), ("trusted", "trusted"),
+                        (False, "off")):
+        assert config_module.parse({**document, "server_side_copy": value}).server_side_copy == mode
     with pytest.raises(ConfigError) as caught:
         config_module.parse({**document, "server_side_copy": "no"})
     assert caught.value.field == "server_side_copy"

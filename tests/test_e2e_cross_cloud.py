@@ -11,9 +11,11 @@ by ``replicator verify --deep``, and the Azure one also by what it hands on.)
 
 Then one policy per provider replicates into another location of the same provider, which the
 destination's storage copies from the source's itself: S3 -> S3 (two moto buckets, one set of
-credentials), GCS -> GCS (two buckets), Azure -> Azure (two Azurite accounts on one server). Their
-reports show every blob copied server-side and only the manifests' bytes streamed; a registry on
-the S3 copy serves every image to skopeo.
+credentials) verified (the default: CopyObject proves each blob's SHA-256) and trusted (a
+multipart copy checked by size), GCS -> GCS (two buckets) and Azure -> Azure (two Azurite
+accounts on one server) trusted, as their providers prove no SHA-256. Their reports show every
+blob copied server-side and only the manifests' bytes streamed; a registry on the verified S3
+copy serves every image to skopeo.
 
 Each step is one ``python -m replicator ... --json`` run (a module fixture); running one test
 runs the steps before it. ``concurrency: 1`` keeps request counts exact: two tags of one
@@ -65,12 +67,15 @@ MANIFEST_BYTES = sum(len(blob.data) for blob in MANIFESTS.values())
 BLOB_BYTES = sum(len(blob.data) for blob in BLOBS.values())
 
 STREAMED = {"fanout": ("primary", ("gcs-west", "azure-north")), "onward": ("azure-north", ("edge",))}
-SERVER_SIDE = {"s3-copy": ("primary", "s3-copy"), "gcs-copy": ("gcs-west", "gcs-copy"),
-               "azure-copy": ("azure-north", "azure-copy")}
+SERVER_SIDE = {"s3-copy": ("primary", "s3-copy"), "s3-trusted": ("primary", "s3-trusted"),
+               "gcs-copy": ("gcs-west", "gcs-copy"), "azure-copy": ("azure-north", "azure-copy")}
 """policy -> (source, destination) of the runs whose blobs must be copied server-side."""
+TRUSTED = {"s3-trusted", "gcs-copy", "azure-copy"}
+"""The policies run with ``server_side_copy: trusted``; the others with the default, verified."""
 S3_COPY_PARTS = {"multipartcopythresholdsize": 5 * MIB, "multipartcopychunksize": 5 * MIB}
-"""The S3 copy region copies the base layer (over 6 MiB) as a multipart copy of two parts."""
-MULTIPART_EXTRA = {"s3-copy": {"copy": 1, "put": 2}}
+"""Both S3 copy regions have these: the trusted one copies the base layer (over 6 MiB) as a
+multipart copy of two parts, the verified one in one CopyObject all the same."""
+MULTIPART_EXTRA = {"s3-trusted": {"copy": 1, "put": 2}}
 """Requests beyond one copy per blob: a second UploadPartCopy, CreateMultipartUpload and
 CompleteMultipartUpload."""
 
@@ -112,22 +117,28 @@ class World:
             "azure-north": azure_region(AZURITE_DEV_ACCOUNT),
             "edge": reg.filesystem_storage(tmp / "edge"),
             "s3-copy": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
+            "s3-trusted": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
             "gcs-copy": gcs_region(),
             "azure-copy": azure_region(AZURITE_SECOND_ACCOUNT),
         }
-        self.storage["s3-copy"]["s3"].update(S3_COPY_PARTS)
+        for region in ("s3-copy", "s3-trusted"):
+            self.storage[region]["s3"].update(S3_COPY_PARTS)
         policies = [(name, source, list(destinations))
                     for name, (source, destinations) in STREAMED.items()]
         policies += [(name, source, [destination])
                      for name, (source, destination) in SERVER_SIDE.items()]
-        self.config = tmp / "replicator.yml"
-        self.config.write_text(yaml.safe_dump({
+        document = {
             "state": {"path": str(tmp / "state.db")},
             "concurrency": 1,
             "regions": {name: {"storage": block} for name, block in self.storage.items()},
             "policies": [{"name": name, "source": source, "destinations": destinations}
                          for name, source, destinations in policies],
-        }, sort_keys=False))
+        }
+        self.config = tmp / "replicator.yml"
+        self.config.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.trusted_config = tmp / "trusted.yml"
+        self.trusted_config.write_text(yaml.safe_dump({**document, "server_side_copy": "trusted"},
+                                                      sort_keys=False))
         self.registries: dict[str, object] = {}
 
     def registry(self, region: str):
@@ -146,9 +157,10 @@ class World:
         return (reg.manifest_digest(url, repository, tag),
                 reg.pull(url, repository, tag, self.tmp / "pulls" / uuid.uuid4().hex))
 
-    def replicator(self, *args: str) -> Run:
+    def replicator(self, *args: str, trusted: bool = False) -> Run:
         env = {key: value for key, value in os.environ.items() if key != "REPLICATOR_CONFIG"}
-        argv = [sys.executable, "-m", "replicator", *args, "--config", str(self.config), "--json"]
+        config = self.trusted_config if trusted else self.config
+        argv = [sys.executable, "-m", "replicator", *args, "--config", str(config), "--json"]
         result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, env=env,
                                 timeout=120, check=False)
         output = result.stdout + result.stderr
@@ -198,7 +210,8 @@ def onward(fanout, world) -> Run:
 
 @pytest.fixture(scope="module")
 def copies(onward, world) -> dict[str, Run]:
-    return {policy: world.replicator("sync", "--policy", policy) for policy in SERVER_SIDE}
+    return {policy: world.replicator("sync", "--policy", policy, trusted=policy in TRUSTED)
+            for policy in SERVER_SIDE}
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +248,11 @@ def test_same_provider_copies_are_server_side(copies, policy):
     run = copies[policy]
     assert run.returncode == 0, run.stderr
     source, destination = SERVER_SIDE[policy]
+    check = "trusted" if policy in TRUSTED else "verified"
     expected = {"tags_replicated": len(TAGS), "tags_failed": 0, "blobs_copied": len(BLOBS),
-                "server_side_copies": len(BLOBS), "server_side_bytes": BLOB_BYTES,
-                "manifests_copied": len(MANIFESTS), "bytes_copied": MANIFEST_BYTES}
+                "server_side_copies": len(BLOBS), f"server_side_{check}": len(BLOBS),
+                "server_side_bytes": BLOB_BYTES, "manifests_copied": len(MANIFESTS),
+                "bytes_copied": MANIFEST_BYTES}
     assert picked(run.passes()[destination], expected) == expected
     at_source, at_destination = (run.document["requests"][region] for region in (source, destination))
     # the destination got one copy request per blob (per part) and never a blob's bytes
