@@ -120,7 +120,19 @@ def _credentials(config: dict) -> Credentials:
 
 
 def _info(key: str, blob: storage.Blob) -> ObjectInfo:
-    return ObjectInfo(key, blob.size or 0, str(blob.generation), blob.updated.timestamp())
+    """The object's metadata; ``TransientError`` if the answer lacked any of it (cut short)."""
+    if blob.size is None or blob.generation is None or blob.updated is None:
+        raise TransientError(f"gcs gs://{blob.bucket.name}/{blob.name}: the answer has no "
+                             f"size, generation or update time")
+    return ObjectInfo(key, blob.size, str(blob.generation), blob.updated.timestamp())
+
+
+def _generation(response: requests.Response, where: str) -> str:
+    """The ``generation`` of a finished upload's JSON answer; ``TransientError`` without one."""
+    try:
+        return str(response.json()["generation"])
+    except (ValueError, KeyError, TypeError):
+        raise TransientError(f"{where}: the answer has no generation") from None
 
 
 def _failure(error: Exception) -> str:
@@ -248,8 +260,12 @@ class GCSDriver(StorageDriver, ServerSideCopy):
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)
         blob = self._blob(key)
-        self._call("stat", key, lambda: blob.reload(timeout=TIMEOUT, retry=None))
-        return _info(key, blob)
+
+        def reload() -> ObjectInfo:
+            blob.reload(timeout=TIMEOUT, retry=None)
+            return _info(key, blob)
+
+        return self._call("stat", key, reload)
 
     def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
         url = f"{self._endpoint}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/" \
@@ -264,9 +280,12 @@ class GCSDriver(StorageDriver, ServerSideCopy):
     def write(self, key: str, data: bytes) -> str:
         check_key(key)
         blob = self._blob(key)
-        self._call("upload", key, lambda: blob.upload_from_string(
-            data, content_type=CONTENT_TYPE, timeout=TIMEOUT, retry=None))
-        return str(blob.generation)
+
+        def upload() -> str:
+            blob.upload_from_string(data, content_type=CONTENT_TYPE, timeout=TIMEOUT, retry=None)
+            return _info(key, blob).etag
+
+        return self._call("upload", key, upload)
 
     def writer(self, key: str) -> ChunkedWriter:
         return _ResumableWriter(self, check_key(key))
@@ -347,7 +366,7 @@ class _ResumableWriter(PartWriter):
             before = self._persisted
             response = self._upload("upload_chunk", attempt)
             if response.status_code != 308:
-                return str(response.json()["generation"])
+                return _generation(response, f"gcs upload_chunk {self._gcs.describe()}/{self._key}")
             self._persisted = _persisted(response)
             if self._persisted - base == len(chunk) and not last:
                 return None

@@ -249,14 +249,21 @@ class S3Driver(StorageDriver, HashedServerSideCopy):
         except botocore.exceptions.BotoCoreError as error:
             raise StorageError(f"{where}: {type(error).__name__}: {error}") from None
 
-    def _call(self, operation: str, key: str, **args) -> dict:
-        """One SDK call about ``key`` (or a prefix), with errors translated and retried."""
+    def _call(self, operation: str, key: str, *, lost: list | None = None, **args) -> dict:
+        """One SDK call about ``key`` (or a prefix), with errors translated and retried.
+        Each attempt that failed transiently (whose answer may have been lost after the call
+        was applied) is appended to ``lost``, if given."""
         method = getattr(self._client, operation)
 
         def attempt() -> dict:
-            with self._errors(operation, key):
-                return _check_answer(operation, method(Bucket=self.bucket, **args),
-                                     self._where(operation, key))
+            try:
+                with self._errors(operation, key):
+                    return _check_answer(operation, method(Bucket=self.bucket, **args),
+                                         self._where(operation, key))
+            except TransientError as error:
+                if lost is not None:
+                    lost.append(error)
+                raise
 
         return retrying(attempt)
 
@@ -264,20 +271,10 @@ class S3Driver(StorageDriver, HashedServerSideCopy):
         """Start a multipart upload at ``key``; its id. If an attempt whose answer was lost may
         have created an upload anyway, every other upload at exactly ``key`` is aborted, so
         none is left behind (a concurrent writer of the same key then fails and retries)."""
-        failures = []
-
-        def attempt() -> dict:
-            try:
-                with self._errors("create_multipart_upload", key):
-                    return _check_answer("create_multipart_upload", self._client.create_multipart_upload(
-                        Bucket=self.bucket, Key=self.root + key, **self.put_args),
-                        self._where("create_multipart_upload", key))
-            except TransientError:
-                failures.append(True)
-                raise
-
-        upload_id = retrying(attempt)["UploadId"]
-        if failures:
+        lost: list = []
+        upload_id = self._call("create_multipart_upload", key, lost=lost, Key=self.root + key,
+                               **self.put_args)["UploadId"]
+        if lost:
             for other_key, other_id, _ in self._uploads(key):
                 if other_key == key and other_id != upload_id:
                     self.abort_upload(key, other_id)
@@ -435,8 +432,9 @@ class _MultipartWriter(ChunkedWriter):
         self._upload_id: str | None = None
         self._parts: list[dict] = []
 
-    def _upload(self, operation: str, **args) -> dict:
-        return self._driver._call(operation, self._key, Key=self._driver.root + self._key, **args)
+    def _upload(self, operation: str, *, lost: list | None = None, **args) -> dict:
+        return self._driver._call(operation, self._key, lost=lost, Key=self._driver.root + self._key,
+                                  **args)
 
     def _upload_part(self, size: int) -> None:
         if self._upload_id is None:
@@ -459,11 +457,26 @@ class _MultipartWriter(ChunkedWriter):
         else:
             if self._buffer:
                 self._upload_part(len(self._buffer))
-            response = self._upload("complete_multipart_upload", UploadId=self._upload_id,
-                                    MultipartUpload={"Parts": self._parts})
+            response = self._complete()
         self._buffer.clear()
         self.closed = True
         return response["ETag"].strip('"')
+
+    def _complete(self) -> dict:
+        """CompleteMultipartUpload. When an attempt whose answer was lost completed the upload,
+        the retry finds no upload: then the object at the key, if it has the size written, is
+        this upload's (its answer's ETag is what a listing shows)."""
+        lost: list = []
+        try:
+            return self._upload("complete_multipart_upload", lost=lost, UploadId=self._upload_id,
+                                MultipartUpload={"Parts": self._parts})
+        except NotFound:
+            if not lost:
+                raise
+            info = self._driver.stat(self._key)
+            if info.size != self.size:
+                raise
+            return {"ETag": info.etag}
 
     def abort(self) -> None:
         if self.closed:

@@ -14,6 +14,10 @@ fault instead, chosen from ``faults``:
                 ``Content-Length`` are sent, then the connection is closed (FIN); a response
                 that has no body (to a HEAD) is cut inside its headers and reset instead
 ``latency``     50-200 ms of added delay, then the request is forwarded normally
+``cut_headers`` the request is forwarded; the status line and some of the header lines (whole
+                lines, at least one left out) are sent, then the connection is closed (FIN):
+                the client reads an answer without the headers left out and with no body.
+                Not among the default faults (pass ``faults=ALL_FAULTS`` or name it)
 
 After ``reset_body`` and ``truncate`` the upstream server has applied the request but the
 client never got its answer, as when a connection breaks on the way back.
@@ -49,6 +53,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tests.services import LOOPBACK
 
 FAULTS = ("error500", "error503", "reset", "reset_body", "truncate", "latency")
+ALL_FAULTS = (*FAULTS, "cut_headers")
 KINDS = ("list", "get", "head", "put", "copy", "delete")
 LATENCY = (0.05, 0.2)
 _BUFFER = 64 * 1024
@@ -137,7 +142,7 @@ class FaultProxy:
                  faults: Collection[str] = FAULTS, kinds: Collection[str] | None = None,
                  where: Callable[[Request], bool] | None = None, limit: int | None = None,
                  latency: tuple[float, float] = LATENCY):
-        unknown = set(faults) - set(FAULTS) or set(kinds or ()) - set(KINDS)
+        unknown = set(faults) - set(ALL_FAULTS) or set(kinds or ()) - set(KINDS)
         if unknown or not faults or not 0 <= rate <= 1:
             raise ValueError(f"bad fault proxy settings: {sorted(unknown) or (faults, rate)}")
         upstream = urlsplit(upstream_url)
@@ -270,7 +275,7 @@ class FaultProxy:
             upstream.sendall(_forwarded(request))
             with upstream.makefile("rb", buffering=_BUFFER) as reader:
                 response = _read_response_head(reader, request.method)
-                if fault in ("reset_body", "truncate"):
+                if fault in ("reset_body", "truncate", "cut_headers"):
                     self._break(client, reader, request, response, fault, rng)
                     return False
                 client.sendall(response.head)
@@ -292,6 +297,13 @@ class FaultProxy:
         if body and "uploads" in request.query:
             with self._lock:
                 self.lost_uploads.extend(m.decode() for m in _UPLOAD_ID.findall(body))
+        if fault == "cut_headers":
+            lines = response.head.split(b"\r\n")[:-2]   # the status line and the header lines
+            kept = rng.randint(1, max(1, len(lines) - 1))
+            client.sendall(b"".join(line + b"\r\n" for line in lines[:kept]))
+            with suppress(OSError):
+                client.shutdown(socket.SHUT_WR)
+            return
         if fault == "reset_body" and not has_body:
             client.sendall(response.head[:max(1, int(len(response.head) * rng.uniform(0.1, 0.9)))])
             _reset(client)

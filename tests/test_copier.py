@@ -22,6 +22,7 @@ from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.config import Region
+from replicator.copier import SOURCE_READS
 from replicator.verify import verify
 from tests.test_engine import make_config, published, sync
 
@@ -205,3 +206,48 @@ def test_server_side_copy_config(tmp_path):
     with pytest.raises(ConfigError) as caught:
         config_module.parse({**document, "server_side_copy": "no"})
     assert caught.value.field == "server_side_copy"
+
+
+class ShortReadingFilesystem(FilesystemDriver):
+    """A source whose first ``short`` reads of each layer or config blob end early without an
+    error, as a body cut short without a Content-Length reads back."""
+
+    short = 1
+    keys = {layout.blob_key(digest) for digest in BLOBS}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads: dict[str, int] = {}
+
+    def _read_range(self, key: str, offset: int):
+        self.reads[key] = self.reads.get(key, 0) + 1
+        data = b"".join(super()._read_range(key, offset))
+        if key in self.keys and self.reads[key] <= self.short and len(data) > 1:
+            data = data[:len(data) // 2]
+        yield data
+
+
+@pytest.fixture
+def short_reads(tmp_path):
+    config = published(make_config(tmp_path), IMAGES)
+    source = ShortReadingFilesystem(str(tmp_path / "src"))
+    config.regions["src"] = Region("src", source)
+    return config, source
+
+
+def test_a_blob_read_back_short_is_read_again_before_it_is_called_corrupt(short_reads):
+    config, source = short_reads
+    report = sync(config, concurrency=1)
+    assert (report.tags_replicated, report.tags_failed, report.blobs_copied) == (len(IMAGES), 0, len(BLOBS))
+    assert all(source.reads[layout.blob_key(digest)] == 2 for digest in BLOBS)
+    assert verify(source, storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+
+
+def test_a_blob_short_at_every_read_fails_after_a_bounded_number_of_reads(short_reads):
+    config, source = short_reads
+    source.short = 99
+    report = sync(config, concurrency=1)
+    assert report.tags_failed == len(IMAGES) and report.blobs_copied == 0
+    assert {source.reads[layout.blob_key(digest)] for digest in BLOBS} == {SOURCE_READS}
+    assert all("is corrupt at the source" in f.error or "bytes at the source" in f.error
+               for f in report.failures)

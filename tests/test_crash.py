@@ -337,7 +337,7 @@ def write_config(path: Path, moto, source: str, bucket: str, fs_root: Path, stat
     document = {
         "state": {"path": str(state)},
         "concurrency": 8,
-        "server_side_copy": server_side,
+        "server_side_copy": "trusted" if server_side else False,   # trusted: multipart part copies
         # A full pass first discards incomplete uploads older than this. 0s here: moto dates
         # every multipart upload 2010-11-10, so the default (1h) would sweep them on S3
         # anyway, but the filesystem's temporary files carry real times and would stay for

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -148,6 +151,50 @@ def test_each_fault_kind_reaches_boto3_as_its_error(moto, bucket, fault, no_back
     assert written == (fault in ("reset_body", "truncate", "latency"))
 
 
+def test_answers_cut_inside_their_headers_are_right_or_transient(moto, bucket, no_backoff):
+    """A connection closed inside the headers gives an answer without some of them and no
+    body. Where the driver lacks what it needs (an ETag, a length, a listing's body) it retries
+    like a 5xx and then reports ``TransientError``: never a KeyError, never a listing that looks
+    empty, never a short read taken for the object."""
+    data = random.Random(3).randbytes(300_000)
+    raw_client(moto.url).put_object(Bucket=bucket, Key="object", Body=data)
+    calls = {"get": lambda d: d.read("object", limit=len(data)) == data,
+             "head": lambda d: d.stat("object").size == len(data),
+             "put": lambda d: len(d.write("other", b"x")) == 32,
+             "list": lambda d: [info.key for page in d.list() for info in page][:1] == ["object"]}
+    outcomes = {}
+    for seed in range(1, 9):
+        with FaultProxy(moto.url, seed=seed, rate=1.0, faults=["cut_headers"]) as proxy:
+            driver = S3Driver.from_config(driver_params(proxy, bucket, root=""))
+            for kind, call in calls.items():
+                try:
+                    outcome = call(driver)
+                except TransientError:
+                    outcome = "transient"
+                outcomes.setdefault(kind, set()).add(outcome)
+        assert proxy.faults == {"cut_headers": proxy.requests.total()}
+    assert all(seen <= {True, "transient"} for seen in outcomes.values()), outcomes
+    assert any("transient" in seen for seen in outcomes.values()), outcomes
+
+
+def test_a_multipart_commit_whose_answer_was_cut_is_found_complete(moto, bucket, no_backoff):
+    data = random.Random(4).randbytes(12 * MIB)
+
+    def completion(request) -> bool:
+        return request.method == "POST" and "uploadId" in request.query
+
+    with FaultProxy(moto.url, seed=4, rate=1.0, faults=["cut_headers"], where=completion,
+                    limit=1) as proxy:
+        driver = S3Driver.from_config(driver_params(proxy, bucket, root=""))
+        with driver.writer("big") as writer:
+            writer.write(data)
+            etag = writer.commit()
+    assert proxy.faults == {"cut_headers": 1}
+    assert S3Driver.from_config(driver_params(moto, bucket, root="")).stat("big").etag == etag
+    assert raw_client(moto.url).get_object(Bucket=bucket, Key="big")["Body"].read() == data
+    assert leftover_uploads(moto, bucket) == []
+
+
 def test_faults_hit_only_the_chosen_kinds(moto, bucket):
     raw_client(moto.url).put_object(Bucket=bucket, Key="object", Body=b"data")
     with FaultProxy(moto.url, rate=1.0, faults=["error503"], kinds=["put"]) as proxy:
@@ -251,17 +298,20 @@ def source(moto):
     return bucket, sorted(images), dict(zip(expected, hashes(moto, bucket, expected)))
 
 
-def make_config(tmp_path, source_endpoint, source_bucket, destination_endpoint, destination_bucket,
-                **s3_params):
+def config_document(tmp_path, source_endpoint, source_bucket, destination_endpoint,
+                    destination_bucket, **s3_params) -> dict:
     regions = {name: {"storage": {"s3": {**driver_params(endpoint, bucket), **s3_params}}}
                for name, endpoint, bucket in (("src", source_endpoint, source_bucket),
                                               ("dst", destination_endpoint, destination_bucket))}
-    return config_module.parse({
-        "state": {"path": str(tmp_path / "state.db")}, "concurrency": 8, "regions": regions,
-        "policies": [{"name": "faults", "source": "src", "destinations": ["dst"]}]})
+    return {"state": {"path": str(tmp_path / "state.db")}, "concurrency": 8, "regions": regions,
+            "policies": [{"name": "faults", "source": "src", "destinations": ["dst"]}]}
 
 
-def converge(config) -> tuple[list, list[str]]:
+def make_config(*args, **s3_params):
+    return config_module.parse(config_document(*args, **s3_params))
+
+
+def converge(config, server_side_copy: str = "verified") -> tuple[list, list[str]]:
     """Run passes until one reports no failure. Return each pass's failed tag count (or the
     error of a pass that could not run at all) and the reasons tags failed."""
     outcomes, reasons = [], []
@@ -269,7 +319,8 @@ def converge(config) -> tuple[list, list[str]]:
     try:
         for _ in range(MAX_PASSES):
             try:
-                [report] = run_policy(config, config.policies[0], state, RunOptions(concurrency=8))
+                [report] = run_policy(config, config.policies[0], state,
+                                      RunOptions(concurrency=8, server_side_copy=server_side_copy))
             except StorageError as error:  # a region could not be listed at all
                 outcomes.append(type(error).__name__)
                 reasons.append(str(error))
@@ -322,10 +373,11 @@ ROUTES = {
     "both": "the source behind a proxy of its own too (another endpoint, so blobs still "
             "stream): reads break mid-body and resume",
     "server-side": "both regions behind one proxy (one endpoint, one key): blobs are copied "
-                   "server-side, over 5 MiB in UploadPartCopy parts",
+                   "server-side, trusted, over 5 MiB in UploadPartCopy parts",
+    "verified": "as server-side, verified: one CopyObject with its SHA-256 per blob",
 }
 CASES = [(0.1, "destination"), (0.3, "destination"), (0.1, "both"), (0.3, "both"),
-         (0.3, "server-side")]
+         (0.3, "server-side"), (0.3, "verified")]
 
 
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda seed: f"seed{seed}")
@@ -336,24 +388,55 @@ def test_passes_under_faults_converge_to_an_identical_destination(
     destination_bucket = new_bucket(moto, "dst")
     with FaultProxy(moto.url, seed=seed, rate=rate) as proxy, \
             FaultProxy(moto.url, seed=seed + 1000, rate=rate) as reads:
-        source_endpoint = {"destination": moto, "both": reads, "server-side": proxy}[route]
+        source_endpoint = {"destination": moto, "both": reads}.get(route, proxy)
         copy_params = {"multipartcopythresholdsize": 5 * MIB, "multipartcopychunksize": 5 * MIB}
+        server_side = route in ("server-side", "verified")
         config = make_config(tmp_path, source_endpoint, source[0], proxy, destination_bucket,
-                             **(copy_params if route == "server-side" else {}))
-        outcomes, reasons = converge(config)
+                             **(copy_params if server_side else {}))
+        outcomes, reasons = converge(config, "trusted" if route == "server-side" else "verified")
     assert_identical(moto, source, destination_bucket)
     leftovers = leftover_uploads(moto, destination_bucket)
     assert leftovers == []
-    assert (proxy.requests["copy"] > 0) == (route == "server-side")
+    assert (proxy.requests["copy"] > 0) == server_side
     multipart = sum(event.method == "POST" and event.target.endswith("?uploads")
                     for event in proxy.events)
-    assert multipart >= 3  # the three 6-12 MiB blobs, at least once each
+    assert (multipart >= 3) == (route != "verified")  # the three 6-12 MiB blobs, at least once each
     faults = proxy.faults + reads.faults
     print(f"\nfaults rate={rate} route={route} seed={seed}: {len(outcomes)} passes (failed tags "
           f"per pass {outcomes}); requests {dict(proxy.requests + reads.requests)}; faults "
           f"{dict(faults)} = {faults.total()}; {len(source[2])} keys identical, 0 differing; "
           f"multipart uploads started {multipart}, left behind {len(leftovers)} (creation "
           f"answers lost {len(proxy.lost_uploads)}); failures: {reasons}")
+
+
+def test_syncs_whose_answers_are_cut_inside_their_headers_report_and_converge(moto, source, tmp_path):
+    """30% of the answers at both ends cut inside their headers: every ``sync`` process prints
+    its JSON report and exits 0 or 1 (never a traceback), and a later one converges."""
+    destination_bucket = new_bucket(moto, "cut")
+    runs = []
+    with FaultProxy(moto.url, seed=500, rate=0.3, faults=["cut_headers"]) as proxy, \
+            FaultProxy(moto.url, seed=501, rate=0.3, faults=["cut_headers"]) as reads:
+        path = tmp_path / "replicator.json"
+        path.write_text(json.dumps(config_document(tmp_path, reads, source[0], proxy,
+                                                   destination_bucket)))
+        for _ in range(MAX_PASSES):
+            result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config",
+                                     str(path), "--json"], capture_output=True, text=True,
+                                    timeout=600, check=False)
+            assert "Traceback" not in result.stderr, result.stderr[-3000:]
+            assert result.returncode in (0, 1), result.stderr[-3000:]
+            document = json.loads(result.stdout)
+            runs.append((result.returncode, [entry["tags_failed"] for entry in document["passes"]],
+                         [entry["error"] for entry in document["passes"] if entry["error"]]))
+            if result.returncode == 0:
+                break
+        faults = proxy.faults + reads.faults
+    assert runs[-1][0] == 0, runs
+    assert faults["cut_headers"] > 0
+    assert_identical(moto, source, destination_bucket)
+    assert leftover_uploads(moto, destination_bucket) == []
+    print(f"\ncut headers at 30% both ends: {len(runs)} sync runs (exit code, failed tags, pass "
+          f"errors) {runs}; faults {faults.total()}")
 
 
 # -- (c) the reader's view ----------------------------------------------------------------
