@@ -14,6 +14,9 @@ import threading
 
 import pytest
 
+from drivers.errors import ConfigError
+from replicator import config as config_module
+
 from tests import test_cdn_purgers as purger_tests
 from tests import test_cdn_sync as cdn_sync
 from tests.cdn_servers import RecordingServer, Reply, scripted
@@ -88,3 +91,16 @@ def test_a_purge_failing_past_the_timeout_exits_1_stays_queued_and_the_next_sync
         assert document["passes"][0]["purges_sent"] == 4 and document["purges_outstanding"] == {}
         assert cloudflare_urls(server.requests[attempts:]) == expected_urls("app", "1")
         assert world.outstanding() == []
+
+
+def test_a_bad_cdn_timeout_names_its_field(tmp_path):
+    document = {"regions": {"src": {"storage": {"filesystem": {"rootdirectory": str(tmp_path / "a")}}},
+                            "dst": {"storage": {"filesystem": {"rootdirectory": str(tmp_path / "b")}},
+                                    "cdn": {"baseurls": ["https://r.example.com"], "timeout": "soon",
+                                            "http": {"nodes": ["http://127.0.0.1:1"]}}}},
+                "policies": [{"name": "p", "source": "src", "destinations": ["dst"]}]}
+    with pytest.raises(ConfigError) as caught:
+        config_module.parse(document)
+    assert caught.value.field == "regions.dst.cdn.timeout"
+    document["regions"]["dst"]["cdn"]["timeout"] = "30s"
+    assert config_module.parse(document).regions["dst"].cdn.timeout == 30.0
