@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from drivers import open_storage
-from drivers.base import CHUNK_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
+from drivers.base import CHUNK_SIZE, UNKNOWN_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
 from drivers.errors import ConfigError, InvalidKey, NotFound
 from drivers.filesystem import FilesystemDriver
 
@@ -114,6 +114,18 @@ class DriverConformance:
         stat = driver.stat("dir/obj")
         assert (info.key, info.size, info.etag) == ("dir/obj", 5, stat.etag)
         assert abs(info.mtime - stat.mtime) < 1
+
+    def test_listed_sizes_are_exact_or_declared_unknown(self, driver):
+        driver.write("small", b"12345")
+        driver.write("empty", b"")
+        with driver.writer("streamed") as writer:
+            writer.write(b"x" * (6 * MIB))
+            writer.commit()
+        sizes = {"small": 5, "empty": 0, "streamed": 6 * MIB}
+        allowed = {key: {size} if driver.listed_sizes_exact else {size, UNKNOWN_SIZE}
+                   for key, size in sizes.items()}
+        assert all(info.size in allowed[info.key] for page in driver.list() for info in page)
+        assert {key: driver.stat(key).size for key in sizes} == sizes
 
     def test_stat_size_etag_mtime(self, driver):
         driver.write("obj", b"hello world")
@@ -287,7 +299,8 @@ class DriverConformance:
         assert requests_sent(driver, lambda: driver.write("obj", b"x")) == {"put": 1}
         assert requests_sent(driver, lambda: driver.stat("obj")) == {"head": 1}
         assert requests_sent(driver, lambda: driver.read("obj")) == {"get": 1}
-        assert requests_sent(driver, lambda: driver.delete("obj")) == {"delete": 1}
+        delete = {"delete": 1, **({"head": 1} if driver.delete_heads_first else {})}
+        assert requests_sent(driver, lambda: driver.delete("obj")) == delete
         assert requests_sent(driver, lambda: list(driver.list())) == {"list": 1}
 
     # --- optional: server-side copy -------------------------------------------------------
