@@ -54,8 +54,12 @@ def segments_of(swift, storage: dict, digest: str) -> list[str]:
     return [entry["name"] for entry in entries]
 
 
-def report_requests(title: str, sync) -> None:
-    print(f"\n{title}: {json.dumps(sync.report['requests'], sort_keys=True)}")
+def two_passes(world: World, title: str) -> tuple[World, object, object]:
+    """A first and a no-change pass of every image; their request counts printed."""
+    passes = world.sync(*IMAGES), world.sync()
+    for name, sync in zip(("first pass", "no-change pass"), passes):
+        print(f"\n{title}, {name}: {json.dumps(sync.report['requests'], sort_keys=True)}")
+    return world, *passes
 
 
 def assert_served_everywhere(sync, images) -> None:
@@ -89,11 +93,7 @@ def from_swift(swift, moto, tmp_path_factory):
     try:
         for (repository, tag), image in IMAGES.items():
             world.push(repository, tag, image)
-        first = world.sync(*IMAGES)
-        unchanged = world.sync()
-        report_requests("swift source, first pass", first)
-        report_requests("swift source, no-change pass", unchanged)
-        yield world, first, unchanged
+        yield two_passes(world, "swift source")
     finally:
         world.stop()
 
@@ -131,11 +131,7 @@ def into_swift(swift, tmp_path_factory):
         for (repository, tag), image in IMAGES.items():
             publish(source, repository, tag, image)
             world.tags[(repository, tag)] = image
-        first = world.sync(*IMAGES)
-        unchanged = world.sync()
-        report_requests("swift destination, first pass", first)
-        report_requests("swift destination, no-change pass", unchanged)
-        yield world, first, unchanged
+        yield two_passes(world, "swift destination")
     finally:
         world.stop()
 
