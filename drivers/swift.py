@@ -52,7 +52,7 @@ from swiftclient.exceptions import ClientException
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
                           StorageDriver, UNKNOWN_SIZE, check_key, check_prefix, error_for_status,
                           token_pages, without_url_queries)
-from drivers.errors import ConfigError, InvalidKey, NotFound, StorageError, TransientError
+from drivers.errors import ConfigError, InvalidKey, NotFound, TransientError
 from drivers.parameters import parse_parameters
 from drivers.retry import retrying
 
@@ -100,6 +100,8 @@ def _parse(params: dict) -> dict:
                               required=("username", "password", "authurl", "container"))
     if "prefix" in config and "rootdirectory" in config:
         raise ConfigError("rootdirectory", "is an alias of prefix: give one of them, not both")
+    if not config["authurl"].startswith(("http://", "https://")):
+        raise ConfigError("authurl", "must be an http:// or https:// URL")
     if "trustid" in config:
         raise ConfigError("trustid", "is not supported: python-swiftclient has no trust-scoped login")
     for name in ("tenant", "tenantid"):
@@ -192,6 +194,21 @@ def _required(answer: dict, name: str, where: str) -> str:
     if value in (None, ""):
         raise TransientError(f"{where}: the answer has no {name}")
     return value
+
+
+def _number(answer: dict, name: str, where: str) -> int:
+    value = _required(answer, name, where)
+    if isinstance(value, bool) or not str(value).isdecimal():
+        raise TransientError(f"{where}: the answer's {name} is not a number")
+    return int(value)
+
+
+def _listed_time(entry: dict, where: str) -> int:
+    """A listing entry's ``last_modified`` in µs."""
+    try:
+        return _listed_microseconds(_required(entry, "last_modified", where))
+    except (TypeError, ValueError):
+        raise TransientError(f"{where}: a malformed last_modified") from None
 
 
 def _segment_name(directory: str, number: int) -> str:
@@ -289,13 +306,16 @@ class SwiftDriver(StorageDriver):
     def _put(self, name: str, data: bytes, headers: dict | None = None) -> str:
         """PUT one object whose MD5 Swift checks; its etag."""
         md5 = hashlib.md5(data).hexdigest()
-        etag = self._call("put", name, lambda c: c.put_object(
-            self.container, name, data, content_length=len(data), etag=md5,
-            content_type=CONTENT_TYPE, headers=headers))
-        if etag != md5:
-            raise TransientError(f"swift put swift://{self.container}/{name}: the answer's "
-                                 f"ETag is not the MD5 of the bytes sent")
-        return etag
+
+        def put(connection: Connection) -> str:
+            etag = connection.put_object(self.container, name, data, content_length=len(data),
+                                         etag=md5, content_type=CONTENT_TYPE, headers=headers)
+            if etag != md5:
+                raise TransientError(f"swift put swift://{self.container}/{name}: the answer's "
+                                     f"ETag is not the MD5 of the bytes sent")
+            return etag
+
+        return self._call("put", name, put)
 
     def _head(self, name: str) -> dict:
         return retrying(lambda: self._head_once(name))
@@ -312,7 +332,8 @@ class SwiftDriver(StorageDriver):
         def page(marker: str | None) -> tuple[list[dict], str | None]:
             _, entries = self._call("list", name_prefix, lambda c: c.get_container(
                 self.container, prefix=name_prefix, marker=marker, limit=PAGE_SIZE))
-            return entries, (entries[-1].get("name") if len(entries) == PAGE_SIZE else None)
+            last = _required(entries[-1], "name", f"swift list {name_prefix}") if entries else None
+            return entries, (last if len(entries) == PAGE_SIZE else None)
 
         return token_pages(page)
 
@@ -321,23 +342,19 @@ class SwiftDriver(StorageDriver):
 
     def _info(self, key: str, headers: dict) -> ObjectInfo:
         where = f"swift head swift://{self.container}/{self.files_root}{key}"
+        size = _number(headers, "content-length", where)
         try:
-            size = int(_required(headers, "content-length", where))
             microseconds = _microseconds(_required(headers, "x-timestamp", where))
         except (ValueError, InvalidOperation):
-            raise TransientError(f"{where}: malformed Content-Length or X-Timestamp") from None
+            raise TransientError(f"{where}: a malformed X-Timestamp") from None
         md5 = _required(headers, "etag", where).strip('"')
         return ObjectInfo(key, size, _etag(md5, microseconds, "x-object-manifest" in headers),
                           microseconds / 1e6)
 
     def _listed(self, entry: dict) -> ObjectInfo:
         where = f"swift list swift://{self.container}/{self.files_root}"
-        try:
-            name, md5 = _required(entry, "name", where), _required(entry, "hash", where)
-            size = int(entry["bytes"])
-            microseconds = _listed_microseconds(_required(entry, "last_modified", where))
-        except (KeyError, TypeError, ValueError):
-            raise TransientError(f"{where}: a malformed listing entry") from None
+        name, md5 = _required(entry, "name", where), _required(entry, "hash", where)
+        size, microseconds = _number(entry, "bytes", where), _listed_time(entry, where)
         unknown = size == 0 and md5 == EMPTY_MD5
         return ObjectInfo(name[len(self.files_root):], UNKNOWN_SIZE if unknown else size,
                           _etag(md5, microseconds, False), microseconds / 1e6)
@@ -357,28 +374,31 @@ class SwiftDriver(StorageDriver):
         """One GET (``Reader``), ranged from ``offset``; past the end (416) yields nothing."""
         name = self.files_root + key
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self._errors("get", name):
-            connection = self._connection()
+
+        def get(connection: Connection) -> tuple[dict, Iterator[bytes]] | None:
             try:
-                answer, body = connection.get_object(self.container, name,
-                                                     resp_chunk_size=CHUNK_SIZE, headers=headers)
+                return connection.get_object(self.container, name, resp_chunk_size=CHUNK_SIZE,
+                                             headers=headers)
             except ClientException as error:
                 if error.http_status == 416:
-                    return
+                    return None
                 raise
-            finally:
-                self._keep_token(connection)
+
+        answer = self._once("get", name, get)
+        if answer is None:
+            return
+        headers, body = answer
+        where = f"swift get swift://{self.container}/{name}"
+        with self._errors("get", name):
             try:
-                length = _required(answer, "content-length", f"swift get swift://{self.container}/{name}")
-                received = 0
+                length, received = _number(headers, "content-length", where), 0
                 for chunk in body:
                     received += len(chunk)
                     yield chunk
             finally:
                 body.close()
-            if received != int(length):
-                raise TransientError(f"swift get swift://{self.container}/{name}: the body ended "
-                                     f"after {received} of {length} bytes")
+        if received != length:
+            raise TransientError(f"{where}: the body ended after {received} of {length} bytes")
 
     def write(self, key: str, data: bytes) -> str:
         """One plain PUT (``PutContent``); an empty object needs a HEAD for its etag."""
@@ -435,24 +455,36 @@ class SwiftDriver(StorageDriver):
         """
         check_prefix(prefix)
         cutoff = time.time() - older_than
-        wanted = ("/" + prefix).encode().hex()
-        listing = self.segments_root + (wanted[:3] + "/" + wanted[3:] if len(wanted) > 3 else wanted)
         swept = 0
-        entries = self._list_names(listing)
-        for directory, group in itertools.groupby(entries, lambda entry: entry["name"].rpartition("/")[0]):
-            group = list(group)
+        for directory, names, newest in self._segment_directories(prefix):
             key = self._upload_key(directory)
-            newest = max(_listed_microseconds(entry["last_modified"]) for entry in group) / 1e6
-            if key is None or not key.startswith(prefix) or "/_uploads/" in f"/{key}" or newest > cutoff:
+            if (key is None or not key.startswith(prefix) or "/_uploads/" in "/" + key
+                    or newest > cutoff or self._references(key, directory)):
                 continue
-            with suppress(NotFound):
-                manifest = self._head(self.files_root + key).get("x-object-manifest")
-                if self._segment_prefix(manifest) == directory:
-                    continue
-            for entry in group:
-                self._delete_object(entry["name"])
+            for name in names:
+                self._delete_object(name)
             swept += 1
         return swept
+
+    def _segment_directories(self, prefix: str) -> Iterator[tuple[str, list[str], float]]:
+        """Each segment directory named for an upload to a key under ``prefix``: its segments'
+        names and the newest one's mtime."""
+        wanted = ("/" + prefix).encode().hex()
+        listing = self.segments_root + (wanted[:3] + "/" + wanted[3:] if len(wanted) > 3 else wanted)
+        where = f"swift list swift://{self.container}/{listing}"
+        entries = ((_required(entry, "name", where), _listed_time(entry, where))
+                   for entry in self._list_names(listing))
+        for directory, group in itertools.groupby(entries, lambda entry: entry[0].rpartition("/")[0]):
+            names, times = zip(*group)
+            yield directory, list(names), max(times) / 1e6
+
+    def _references(self, key: str, directory: str) -> bool:
+        """Whether the object at ``key`` is a DLO over the segments in ``directory``."""
+        try:
+            manifest = self._head(self.files_root + key).get("x-object-manifest")
+        except NotFound:
+            return False
+        return self._segment_prefix(manifest) == directory
 
     def _upload_key(self, directory: str) -> str | None:
         """The key a segment directory was made for, if ``swiftSegmentPath`` named it."""

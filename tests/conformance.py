@@ -4,7 +4,10 @@ A backend's test module declares ``class TestX(DriverConformance)`` and provides
 ``driver``: a fresh, empty :class:`~drivers.base.StorageDriver`. If the driver uploads in parts,
 its part size should be at most 5 MiB so that the large-object tests cross part boundaries.
 
-Optional abilities are tested only where the driver has them. For
+Declared properties of the driver class state where a backend differs and the suite holds it
+to what it declares: ``listed_sizes_exact`` (false: a listing may report ``UNKNOWN_SIZE``) and
+``delete_heads_first`` (true: a delete costs a HEAD more). Optional abilities are tested only
+where the driver has them. For
 :class:`~drivers.base.ServerSideCopy` the class also provides ``second_driver``: another fresh,
 empty driver of the same backend and server (another bucket, container or account, with
 another root directory) that ``driver`` can copy from; without it those cases skip.

@@ -307,13 +307,13 @@ def _registry_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
 
 
-def garbage_collect_dry_run(storage: dict, log_dir: Path) -> str:
-    """What ``docker-registry garbage-collect --dry-run`` prints over ``storage``; raises
-    ``RuntimeError`` if it fails."""
+def garbage_collect(storage: dict, log_dir: Path, *, dry_run: bool) -> str:
+    """What ``docker-registry garbage-collect`` (``--dry-run``: only marking) prints over
+    ``storage``; raises ``RuntimeError`` if it fails."""
     config_path = _write_registry_config(storage, log_dir, free_port())
-    result = subprocess.run([executable("docker-registry"), "garbage-collect", "--dry-run",
-                             str(config_path)], capture_output=True, text=True, timeout=120,
-                            env=_registry_env())
+    argv = [executable("docker-registry"), "garbage-collect", *(["--dry-run"] if dry_run else []),
+            str(config_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_registry_env())
     if result.returncode != 0:
         raise RuntimeError(f"garbage-collect exited {result.returncode}: {result.stderr[-2000:]}")
     return result.stdout + result.stderr
@@ -349,6 +349,14 @@ def push(registry_url: str, repository: str, tag: str, image: Image, workdir: Pa
     if served != image.digest:
         raise AssertionError(f"pushed {image.digest} as {repository}:{tag}, registry serves {served}")
     return served
+
+
+def delete_manifest(registry_url: str, repository: str, digest: str) -> None:
+    """``DELETE /v2/<repository>/manifests/<digest>``: the revision and every tag on it."""
+    request = urllib.request.Request(f"{registry_url}/v2/{repository}/manifests/{digest}",
+                                     method="DELETE")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202, response.status
 
 
 def raw_manifest(registry_url: str, repository: str, tag: str) -> bytes:

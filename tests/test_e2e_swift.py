@@ -147,10 +147,29 @@ def test_a_registry_on_the_swift_destination_serves_identical_digests(swift, int
 def test_garbage_collect_marks_every_replicated_blob(into_swift):
     world, _, _ = into_swift
     blobs = len(reg.unique_blobs(IMAGES.values()))
-    output = reg.garbage_collect_dry_run(world.storage["replica"], world.tmp / "gc")
+    output = reg.garbage_collect(world.storage["replica"], world.tmp / "gc", dry_run=True)
     assert f"{blobs} blobs marked, 0 blobs and 0 manifests eligible for deletion" in output
 
 
 def test_a_second_pass_into_swift_copies_nothing(into_swift):
     _, _, unchanged = into_swift
     assert_copies_nothing(unchanged, IMAGES)
+
+
+def test_the_registry_garbage_collects_a_replicated_dlo_with_its_segments(swift, tmp_path):
+    """Deleted through a registry on the destination, a blob the replicator wrote as a DLO goes
+    with all its segments when the registry collects garbage."""
+    world = World({"primary": reg.filesystem_storage(tmp_path / "source"),
+                   "replica": swift_block(swift, "/gc"),
+                   "local": reg.filesystem_storage(tmp_path / "local")}, tmp_path)
+    publish(FilesystemDriver(str(tmp_path / "source")), "apps/big", "1", BIG)
+    storage = world.storage["replica"]
+    assert world.sync().returncode == 0
+    assert len(segments_of(swift, storage, BIG_LAYER.digest)) == 4
+    with reg.start_registry(storage, tmp_path / "logs") as registry:
+        reg.delete_manifest(registry.url, "apps/big", BIG.digest)
+    output = reg.garbage_collect(storage, tmp_path / "gc", dry_run=False)
+    assert "0 blobs marked" in output
+    _, left = swift.connection().get_container(storage["swift"]["container"], full_listing=True)
+    names = [entry["name"] for entry in left]
+    assert not [name for name in names if "/segments/" in name or "/blobs/" in name], names
