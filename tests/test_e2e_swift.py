@@ -23,8 +23,10 @@ import uuid
 import pytest
 
 from drivers.filesystem import FilesystemDriver
+from drivers.swift import SwiftDriver
 from replicator import sample_images as si
 from replicator.demo import publish
+from replicator.verify import verify
 from tests import registry as reg
 from tests.test_e2e_sync import (BASE, DESTINATIONS, INITIAL, World, assert_never_wrote_to_source,
                                  copied, expected_pull)
@@ -149,6 +151,15 @@ def test_garbage_collect_marks_every_replicated_blob(into_swift):
     blobs = len(reg.unique_blobs(IMAGES.values()))
     output = reg.garbage_collect(world.storage["replica"], world.tmp / "gc", dry_run=True)
     assert f"{blobs} blobs marked, 0 blobs and 0 manifests eligible for deletion" in output
+
+
+def test_verify_stats_only_the_blobs_listed_without_a_size(into_swift):
+    world, _, _ = into_swift
+    source = FilesystemDriver(world.storage["primary"]["filesystem"]["rootdirectory"])
+    destination = SwiftDriver.from_config(world.storage["replica"]["swift"])
+    result = verify(source, destination, sorted(IMAGES))
+    assert result.drift == [] and result.blobs_checked > 0
+    assert destination.requests.snapshot()["head"] == 1  # the big layer, a DLO
 
 
 def test_a_second_pass_into_swift_copies_nothing(into_swift):
