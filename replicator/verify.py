@@ -115,10 +115,11 @@ class _Checker:
         listed = self.inventory.blobs[digest]
         if size >= 0 and listed == UNKNOWN_SIZE:
             try:
-                listed = self.inventory.blobs[digest] = self.destination.stat(layout.blob_key(digest)).size
+                listed = self.destination.stat(layout.blob_key(digest)).size
             except NotFound:
                 self._drift(name, tag, "missing-blob", digest)
                 return
+            self.inventory.blobs[digest] = listed
         if size >= 0 and listed != size:
             self._drift(name, tag, "wrong-size", f"{digest}: {listed} bytes, expected {size}")
             return
