@@ -10,6 +10,7 @@ from drivers.errors import AccessDenied, ConfigError, NotFound, TransientError
 from drivers.retry import ATTEMPTS
 from drivers.swift import EMPTY_MD5, EMPTY_SHA1, SwiftDriver
 from tests.conformance import MIB, DriverConformance, assert_config_error, listed, requests_sent
+from tests.faults import FaultProxy
 from tests.services import free_port
 
 SECRETS = {"password": "SWIFT-SECRET-PASSWORD", "secretkey": "SWIFT-SECRET-TEMPURL-KEY",
@@ -214,6 +215,24 @@ def test_connection_errors_are_retried_then_transient(swift, no_backoff):
     with pytest.raises(TransientError, match="swift head"):
         dead.stat("k")
     assert dead.requests.snapshot()["head"] == ATTEMPTS
+
+
+@pytest.mark.parametrize("fault, method", [("truncate", "GET"), ("reset_body", "GET"),
+                                           ("error503", "HEAD"), ("error500", "PUT")])
+def test_one_fault_is_retried_and_counted(swift, config, no_backoff, fault, method):
+    """Through a proxy that spoils one storage request: a body shorter than announced, a reset
+    mid-body (the read resumes where it broke) or a 5xx, then the same request again."""
+    data = os.urandom(3 * MIB)
+    SwiftDriver.from_config(config).write("k", data)
+    with FaultProxy(f"http://127.0.0.1:{swift.proxy_port}", rate=1.0, faults=[fault], limit=1,
+                    where=lambda request: request.method == method and "/v1/" in request.path) as proxy:
+        driver = SwiftDriver.from_config({**config, "authurl": proxy.url + "/auth/v1.0"})
+        operation = {"GET": lambda: driver.read("k", limit=len(data)) == data,
+                     "HEAD": lambda: driver.stat("k").size == len(data),
+                     "PUT": lambda: driver.write("k", data) == hashlib.md5(data).hexdigest()}[method]
+        assert operation()
+    assert proxy.faults == {fault: 1}
+    assert driver.requests.snapshot()[method.lower()] == 2
 
 
 def test_an_answer_lacking_what_the_driver_needs_is_transient(config):
