@@ -13,6 +13,7 @@ DRIVERS = {
     "s3": ("drivers.s3", "S3Driver", "boto3"),
     "gcs": ("drivers.gcs", "GCSDriver", "google-cloud-storage"),
     "azure": ("drivers.azure", "AzureDriver", "azure-storage-blob"),
+    "swift": ("drivers.swift", "SwiftDriver", "python-swiftclient"),
 }
 
 DISTRIBUTION_ONLY_KEYS = frozenset({"cache", "delete", "redirect", "maintenance", "tag"})

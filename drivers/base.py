@@ -35,6 +35,9 @@ CHUNK_SIZE = 1024 * 1024
 SMALL_READ_LIMIT = 4 * 1024 * 1024
 """Default bound for :meth:`StorageDriver.read`: larger objects raise ``ObjectTooLarge``."""
 
+UNKNOWN_SIZE = -1
+"""``ObjectInfo.size`` of a listed object whose size the listing does not tell."""
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -43,6 +46,10 @@ class ObjectInfo:
     ``etag`` is an opaque change token: it changes whenever the content is rewritten
     (an S3/GCS/Azure ETag, or size and nanosecond mtime on a filesystem). ``mtime`` is
     seconds since the epoch.
+
+    ``size`` is exact from :meth:`StorageDriver.stat`. From :meth:`StorageDriver.list` it may
+    be :data:`UNKNOWN_SIZE` where the driver's ``listed_sizes_exact`` is false (a Swift
+    Dynamic Large Object lists as 0 bytes): a caller that needs that size stats the object.
     """
 
     key: str
@@ -173,6 +180,11 @@ class StorageDriver(ABC):
     """
 
     kind: ClassVar[str]
+    listed_sizes_exact: ClassVar[bool] = True
+    """False if :meth:`list` may report ``UNKNOWN_SIZE`` for some objects."""
+    delete_heads_first: ClassVar[bool] = False
+    """True if :meth:`delete` HEADs the object first (one more ``head`` request), to find
+    parts stored apart from it (a Swift DLO's segments)."""
 
     def __init__(self) -> None:
         self.requests = RequestCounter()

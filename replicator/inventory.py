@@ -15,7 +15,8 @@ class Inventory:
 
     ``tags`` maps (repository, tag) to the listing entry of the tag's ``current/link``;
     ``links`` holds the keys of every layer, revision and tag index link; ``blobs`` maps
-    a blob's digest to its size (only when the blobs prefix was listed).
+    a blob's digest to its size (only when the blobs prefix was listed), which is
+    ``drivers.base.UNKNOWN_SIZE`` where the listing did not tell it (a Swift DLO).
     """
 
     tags: dict[tuple[str, str], ObjectInfo] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Check that a destination serves what its source serves: tags, manifests, links, blobs.
 
 Reads only; reports drift precisely. ``deep`` re-hashes every referenced blob; otherwise
-blobs are checked for presence and size from the destination's listing.
+blobs are checked for presence and size from the destination's listing (a blob listed with
+an unknown size, such as a Swift DLO, is stat'ed).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from drivers.base import StorageDriver
+from drivers.base import UNKNOWN_SIZE, StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
 from replicator.config import Config, Policy
@@ -111,9 +112,16 @@ class _Checker:
         if digest not in self.inventory.blobs:
             self._drift(name, tag, "missing-blob", digest)
             return
-        if size >= 0 and self.inventory.blobs[digest] != size:
-            self._drift(name, tag, "wrong-size",
-                        f"{digest}: {self.inventory.blobs[digest]} bytes, expected {size}")
+        listed = self.inventory.blobs[digest]
+        if size >= 0 and listed == UNKNOWN_SIZE:
+            try:
+                listed = self.destination.stat(layout.blob_key(digest)).size
+            except NotFound:
+                self._drift(name, tag, "missing-blob", digest)
+                return
+            self.inventory.blobs[digest] = listed
+        if size >= 0 and listed != size:
+            self._drift(name, tag, "wrong-size", f"{digest}: {listed} bytes, expected {size}")
             return
         if self.deep and digest not in self._blobs_seen:
             self._blobs_seen.add(digest)

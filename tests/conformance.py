@@ -4,7 +4,10 @@ A backend's test module declares ``class TestX(DriverConformance)`` and provides
 ``driver``: a fresh, empty :class:`~drivers.base.StorageDriver`. If the driver uploads in parts,
 its part size should be at most 5 MiB so that the large-object tests cross part boundaries.
 
-Optional abilities are tested only where the driver has them. For
+Declared properties of the driver class state where a backend differs and the suite holds it
+to what it declares: ``listed_sizes_exact`` (false: a listing may report ``UNKNOWN_SIZE``) and
+``delete_heads_first`` (true: a delete costs a HEAD more). Optional abilities are tested only
+where the driver has them. For
 :class:`~drivers.base.ServerSideCopy` the class also provides ``second_driver``: another fresh,
 empty driver of the same backend and server (another bucket, container or account, with
 another root directory) that ``driver`` can copy from; without it those cases skip.
@@ -20,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from drivers import open_storage
-from drivers.base import CHUNK_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
+from drivers.base import CHUNK_SIZE, UNKNOWN_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
 from drivers.errors import ConfigError, InvalidKey, NotFound
 from drivers.filesystem import FilesystemDriver
 
@@ -114,6 +117,18 @@ class DriverConformance:
         stat = driver.stat("dir/obj")
         assert (info.key, info.size, info.etag) == ("dir/obj", 5, stat.etag)
         assert abs(info.mtime - stat.mtime) < 1
+
+    def test_listed_sizes_are_exact_or_declared_unknown(self, driver):
+        driver.write("small", b"12345")
+        driver.write("empty", b"")
+        with driver.writer("streamed") as writer:
+            writer.write(b"x" * (6 * MIB))
+            writer.commit()
+        sizes = {"small": 5, "empty": 0, "streamed": 6 * MIB}
+        allowed = {key: {size} if driver.listed_sizes_exact else {size, UNKNOWN_SIZE}
+                   for key, size in sizes.items()}
+        assert all(info.size in allowed[info.key] for page in driver.list() for info in page)
+        assert {key: driver.stat(key).size for key in sizes} == sizes
 
     def test_stat_size_etag_mtime(self, driver):
         driver.write("obj", b"hello world")
@@ -287,7 +302,8 @@ class DriverConformance:
         assert requests_sent(driver, lambda: driver.write("obj", b"x")) == {"put": 1}
         assert requests_sent(driver, lambda: driver.stat("obj")) == {"head": 1}
         assert requests_sent(driver, lambda: driver.read("obj")) == {"get": 1}
-        assert requests_sent(driver, lambda: driver.delete("obj")) == {"delete": 1}
+        delete = {"delete": 1, **({"head": 1} if driver.delete_heads_first else {})}
+        assert requests_sent(driver, lambda: driver.delete("obj")) == delete
         assert requests_sent(driver, lambda: list(driver.list())) == {"list": 1}
 
     # --- optional: server-side copy -------------------------------------------------------

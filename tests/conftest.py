@@ -8,6 +8,7 @@ import tenacity
 import drivers.base
 import drivers.retry
 from tests.services import AZURITE_ACCOUNTS, Service, start_azurite, start_fake_gcs, start_moto
+from tests.swift_bed import SwiftBed, start_swift
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,14 @@ def azurite(tmp_path_factory) -> Service:
     service = start_azurite(tmp_path_factory.mktemp("azurite"), accounts=AZURITE_ACCOUNTS)
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory) -> SwiftBed:
+    """One single-node Swift (tempauth) for the session; tests make their own containers."""
+    bed = start_swift(tmp_path_factory.mktemp("swift"))
+    yield bed
+    bed.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The real Distribution registry and skopeo, for tests: storage blocks, registries, push, pull.
 
 Everything here talks to real parts: ``docker-registry serve`` (Debian's 2.8.2) on a free
-loopback port, skopeo as the client, moto (or a directory) as the registry's storage. Images come
+loopback port, skopeo as the client, moto, Swift (or a directory) as the registry's storage. Images come
 from ``replicator.sample_images`` and reach skopeo as layouts written on disk: OCI image layouts,
 or skopeo's ``dir:`` layout for Docker-format images (skopeo's OCI layout cannot carry those).
 
@@ -118,6 +118,12 @@ def filesystem_storage(rootdirectory: Path) -> dict:
     return {"filesystem": {"rootdirectory": str(rootdirectory)}}
 
 
+def swift_storage(params: dict, chunksize: int) -> dict:
+    """A Distribution ``storage:`` block for a Swift container; ``params`` are the driver's
+    (``SwiftBed.driver_params``), ``chunksize`` the registry's segment size in bytes."""
+    return {"swift": {**params, "chunksize": chunksize}}
+
+
 def s3_client(moto_url: str):
     return boto3.client("s3", endpoint_url=moto_url, region_name=S3_CREDENTIALS["region"],
                         aws_access_key_id=S3_CREDENTIALS["accesskey"],
@@ -135,7 +141,10 @@ class Store:
     """Raw keys of a registry's storage, relative to its root (``docker/registry/v2/...``)."""
 
     def __init__(self, storage: dict):
-        if "s3" in storage:
+        self.swift = None
+        if "swift" in storage:
+            self._open_swift(storage["swift"])
+        elif "s3" in storage:
             params = storage["s3"]
             self.client = s3_client(params["regionendpoint"])
             self.bucket = params["bucket"]
@@ -147,7 +156,20 @@ class Store:
         else:
             raise ValueError(f"no Store for storage kinds {sorted(storage)}")
 
+    def _open_swift(self, params: dict) -> None:
+        from swiftclient.client import Connection
+        self.swift = Connection(authurl=params["authurl"], user=params["username"],
+                                key=params["password"], auth_version=str(params["authversion"]),
+                                retries=0)
+        self.container = params["container"]
+        self.prefix = (params.get("prefix", "") + "/files/").lstrip("/")
+        self.root = None
+
     def keys(self, prefix: str = V2) -> set[str]:
+        if self.swift is not None:
+            _, entries = self.swift.get_container(self.container, prefix=self.prefix + prefix,
+                                                  full_listing=True)
+            return {entry["name"][len(self.prefix):] for entry in entries}
         if self.root is not None:
             base = self.root / prefix
             if not base.exists():
@@ -160,6 +182,8 @@ class Store:
         return found
 
     def exists(self, key: str) -> bool:
+        if self.swift is not None:
+            return key in self.keys(key)
         if self.root is not None:
             return (self.root / key).is_file()
         try:
@@ -171,13 +195,17 @@ class Store:
             raise
 
     def get(self, key: str) -> bytes:
+        if self.swift is not None:
+            return self.swift.get_object(self.container, self.prefix + key)[1]
         if self.root is not None:
             return (self.root / key).read_bytes()
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
 
     def put(self, key: str, data: bytes) -> None:
         """Write bytes behind the registry's back (to corrupt a blob, say)."""
-        if self.root is not None:
+        if self.swift is not None:
+            self.swift.put_object(self.container, self.prefix + key, data)
+        elif self.root is not None:
             (self.root / key).write_bytes(data)
         else:
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
@@ -246,6 +274,20 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False) -> S
     because /v2/ answers 200 without ever touching storage.
     """
     port = free_port()
+    config_path = _write_registry_config(storage, log_dir, port, readonly)
+    service = Service("registry", [executable("docker-registry"), "serve", str(config_path)],
+                      port, ready_path="/v2/", env=_registry_env(), log_dir=log_dir)
+    try:
+        with urllib.request.urlopen(service.url + "/v2/_catalog?n=1", timeout=30) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        service.stop()
+        raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
+                           f"{service.log()}") from error
+    return service
+
+
+def _write_registry_config(storage: dict, log_dir: Path, port: int, readonly: bool = False) -> Path:
     storage = {**storage, "redirect": {"disable": True}, "delete": {"enabled": True}}
     if readonly:
         storage["maintenance"] = {"readonly": {"enabled": True}}
@@ -258,17 +300,23 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False) -> S
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = log_dir / f"registry-{port}.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
-    service = Service("registry", [executable("docker-registry"), "serve", str(config_path)],
-                      port, ready_path="/v2/", env=env, log_dir=log_dir)
-    try:
-        with urllib.request.urlopen(service.url + "/v2/_catalog?n=1", timeout=30) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        service.stop()
-        raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
-                           f"{service.log()}") from error
-    return service
+    return config_path
+
+
+def _registry_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+
+
+def garbage_collect(storage: dict, log_dir: Path, *, dry_run: bool) -> str:
+    """What ``docker-registry garbage-collect`` (``--dry-run``: only marking) prints over
+    ``storage``; raises ``RuntimeError`` if it fails."""
+    config_path = _write_registry_config(storage, log_dir, free_port())
+    argv = [executable("docker-registry"), "garbage-collect", *(["--dry-run"] if dry_run else []),
+            str(config_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_registry_env())
+    if result.returncode != 0:
+        raise RuntimeError(f"garbage-collect exited {result.returncode}: {result.stderr[-2000:]}")
+    return result.stdout + result.stderr
 
 
 def _host(registry_url: str) -> str:
@@ -301,6 +349,14 @@ def push(registry_url: str, repository: str, tag: str, image: Image, workdir: Pa
     if served != image.digest:
         raise AssertionError(f"pushed {image.digest} as {repository}:{tag}, registry serves {served}")
     return served
+
+
+def delete_manifest(registry_url: str, repository: str, digest: str) -> None:
+    """``DELETE /v2/<repository>/manifests/<digest>``: the revision and every tag on it."""
+    request = urllib.request.Request(f"{registry_url}/v2/{repository}/manifests/{digest}",
+                                     method="DELETE")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202, response.status
 
 
 def raw_manifest(registry_url: str, repository: str, tag: str) -> bytes:

@@ -28,9 +28,14 @@ def free_port() -> int:
 
 
 class Service:
-    """A child process serving HTTP on a loopback port; ``stop()`` ends it and only it."""
+    """A child process serving on a loopback port; ``stop()`` ends it and only it.
 
-    def __init__(self, name: str, argv: list[str], port: int, *, ready_path: str = "/",
+    It counts as ready once ``ready_path`` answers over HTTP, or, with ``ready_path=None``
+    (a server that is not HTTP, or whose own readiness test comes later), once the port accepts
+    a connection.
+    """
+
+    def __init__(self, name: str, argv: list[str], port: int, *, ready_path: str | None = "/",
                  env: dict[str, str] | None = None, cwd: Path | None = None,
                  log_dir: Path | None = None, timeout: float = 30.0):
         self.name = name
@@ -47,13 +52,16 @@ class Service:
             self.stop()
             raise
 
-    def _wait_ready(self, path: str, timeout: float) -> None:
+    def _wait_ready(self, path: str | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log()}")
             try:
-                urllib.request.urlopen(self.url + path, timeout=1).close()
+                if path is None:
+                    socket.create_connection((LOOPBACK, self.port), timeout=1).close()
+                else:
+                    urllib.request.urlopen(self.url + path, timeout=1).close()
                 return
             except urllib.error.HTTPError:
                 return

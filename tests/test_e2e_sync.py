@@ -133,16 +133,22 @@ class Pass:
         return {kind: counts[kind] for kind in WRITES}
 
 
-class World:
-    """Buckets, the directory, the source registry, the replicator config and what was pushed."""
+def moto_storage(moto_url: str, tmp: Path) -> dict[str, dict]:
+    """Regions ``primary`` and ``replica`` on two moto buckets, ``local`` in a directory."""
+    return {
+        "primary": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
+        "replica": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
+        "local": reg.filesystem_storage(tmp / "local"),
+    }
 
-    def __init__(self, moto_url: str, tmp: Path):
+
+class World:
+    """The regions' storage blocks, registries over them, the replicator config and what was
+    pushed to ``primary``."""
+
+    def __init__(self, storage: dict[str, dict], tmp: Path):
         self.tmp = tmp
-        self.storage = {
-            "primary": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
-            "replica": reg.s3_storage(moto_url, reg.create_bucket(moto_url)),
-            "local": reg.filesystem_storage(tmp / "local"),
-        }
+        self.storage = storage
         self.config = write_config(tmp / "replicator.yml",
                                    config_document(self.storage, tmp / "state.db"))
         self.registries: dict[str, object] = {}
@@ -196,7 +202,8 @@ def assert_never_wrote_to_source(sync: Pass) -> None:
 
 @pytest.fixture(scope="module")
 def world(moto, tmp_path_factory):
-    world = World(moto.url, tmp_path_factory.mktemp("e2e"))
+    tmp = tmp_path_factory.mktemp("e2e")
+    world = World(moto_storage(moto.url, tmp), tmp)
     try:
         for (repository, tag), image in INITIAL.items():
             world.push(repository, tag, image)
