@@ -1,12 +1,12 @@
 """Copying blobs and manifests into a destination: verified, each digest once per pass.
 
-A blob is streamed through the replicator and hashed on the way, or copied by the destination's
-storage from the source's itself (:class:`~drivers.base.ServerSideCopy`) as the run's
+A blob is streamed through the replicator and hashed on the way, or copied by the destination
+from the source itself (:meth:`~replicator.endpoints.base.Endpoint.copy_ability`) as the run's
 ``server_side_copy`` mode allows:
 
-- ``verified``: only where the provider's answer carries the SHA-256 of the bytes it stored
-  (:class:`~drivers.base.HashedServerSideCopy`); it is compared with the digest before any link
-  refers to the blob, and a copy that differs is deleted and fails its tags as a corrupt blob;
+- ``verified``: only where the provider's answer carries the SHA-256 of the bytes it stored;
+  it is compared with the digest before any step refers to the blob, and a copy that differs
+  is deleted and fails its tags as a corrupt blob;
 - ``trusted``: any server-side copy, checked by size only (``verify --deep`` re-hashes);
 - ``off``: stream everything.
 
@@ -22,10 +22,11 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from drivers.base import HashedServerSideCopy, ServerSideCopy, StorageDriver
 from drivers.errors import AccessDenied, NotFound
 from drivers.retry import pause
-from replicator import layout
+from replicator.endpoints.base import Endpoint
+from replicator.errors import ReplicationError
+from replicator.gate import Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
 
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 SERVER_SIDE_MODES = ("verified", "trusted", "off")
 SOURCE_READS = 3
 """Reads of a blob from the source before its bytes are declared corrupt."""
-
-
-class ReplicationError(Exception):
-    """Content at the source cannot be replicated as it is (missing or corrupt)."""
 
 
 class _Mismatch(ReplicationError):
@@ -55,50 +52,48 @@ class BlobCopier:
     copies off for the rest of the copier's pass (that blob and every later one stream).
     """
 
-    def __init__(self, source: StorageDriver, destination: StorageDriver,
-                 pool: ThreadPoolExecutor, report: PassReport, dry_run: bool,
-                 server_side: str = "verified"):
+    def __init__(self, source: Endpoint, destination: Endpoint, pool: ThreadPoolExecutor,
+                 report: PassReport, gate: Gate, server_side: str = "verified"):
         if server_side not in SERVER_SIDE_MODES:
             raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")
         self.source = source
         self.destination = destination
         self.pool = pool
         self.report = report
-        self.dry_run = dry_run
+        self.gate = gate
         self._lock = threading.Lock()
         self._futures: dict[str, Future] = {}
-        capable = (isinstance(destination, HashedServerSideCopy) if server_side == "verified"
-                   else isinstance(destination, ServerSideCopy) and server_side == "trusted")
-        self._server_side = server_side if capable and destination.can_copy_from(source) else "off"
+        ability = destination.copy_ability(source)
+        capable = ability == "hashed" if server_side == "verified" else bool(ability)
+        self._server_side = server_side if capable else "off"
 
-    def ensure_blob(self, blob: Descriptor) -> Future:
-        return self._ensure(blob.digest, self._copy_blob, blob)
+    def ensure_blob(self, name: str, blob: Descriptor) -> Future:
+        return self._ensure(blob.digest, lambda: self._copy_blob(name, blob))
 
-    def ensure_manifest(self, manifest: Manifest) -> Future:
-        return self._ensure(manifest.digest, self._write_manifest, manifest)
+    def ensure_manifest(self, name: str, manifest: Manifest) -> Future:
+        return self._ensure(manifest.digest,
+                            lambda: self._write_manifest(name, manifest))
 
-    def _ensure(self, digest: str, copy, item) -> Future:
+    def _ensure(self, digest: str, copy) -> Future:
         with self._lock:
             if digest not in self._futures:
-                if self.dry_run:
+                if self.gate.allows(f"copy {digest}"):
+                    self._futures[digest] = self.pool.submit(copy)
+                else:
                     self._futures[digest] = Future()
                     self._futures[digest].set_result(None)
-                    self.report.plan(f"copy {digest}")
-                else:
-                    self._futures[digest] = self.pool.submit(copy, item)
             return self._futures[digest]
 
-    def _copy_blob(self, blob: Descriptor) -> None:
-        key = layout.blob_key(blob.digest)
+    def _copy_blob(self, name: str, blob: Descriptor) -> None:
         mode = self._server_side
         if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
-                and self._copy_server_side(blob, key, hashed=True)):
+                and self._copy_server_side(name, blob, hashed=True)):
             return
-        if mode == "trusted" and blob.size >= 0 and self._copy_server_side(blob, key, hashed=False):
+        if mode == "trusted" and blob.size >= 0 and self._copy_server_side(name, blob, hashed=False):
             return
         for reads in range(1, SOURCE_READS + 1):
             try:
-                size = self._stream(blob, key)
+                size = self._stream(name, blob)
             except _Mismatch as error:
                 if reads == SOURCE_READS:
                     raise
@@ -109,12 +104,12 @@ class BlobCopier:
                 self.report.count("bytes_copied", size)
                 return
 
-    def _stream(self, blob: Descriptor, key: str) -> int:
+    def _stream(self, name: str, blob: Descriptor) -> int:
         """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
         hasher = hashlib.sha256()
-        with self.destination.writer(key) as writer:
+        with self.destination.blob_writer(name, blob.digest) as writer:
             try:
-                for chunk in self.source.open(key):
+                for chunk in self.source.blob_open(name, blob.digest):
                     hasher.update(chunk)
                     writer.write(chunk)
             except NotFound:
@@ -127,33 +122,30 @@ class BlobCopier:
             writer.commit()
         return writer.size
 
-    def _copy_server_side(self, blob: Descriptor, key: str, hashed: bool) -> bool:
-        """Copy ``blob`` storage to storage once its size at the source is the manifest's;
-        ``hashed``: and keep it only if the provider's SHA-256 is the digest. False (nothing
-        copied) when the copy cannot be had or proven: the caller streams it."""
+    def _copy_server_side(self, name: str, blob: Descriptor, hashed: bool) -> bool:
+        """Copy ``blob`` server-side once its size at the source is the manifest's; ``hashed``:
+        and keep it only if the provider's SHA-256 is the digest. False (nothing copied) when
+        the copy cannot be had or proven: the caller streams it."""
         try:
-            size = self.source.stat(key).size
+            size = self.source.blob_size(name, blob.digest)
         except NotFound:
             raise _missing(blob) from None
         if size != blob.size:
             raise _wrong_size(blob, size)
         try:
-            if hashed:
-                copy = self.destination.copy_from_hashed(self.source, key, size)
-            else:
-                self.destination.copy_from(self.source, key, size)
+            sha256 = self.destination.blob_copy_from(self.source, name, blob.digest, size, hashed)
         except NotFound:
             raise _missing(blob) from None
         except AccessDenied as error:
             self._stop_server_side(f"refused ({error})")
             return False
-        if hashed and copy.sha256 is None:
-            self.destination.delete(key)
+        if hashed and sha256 is None:
+            self.destination.blob_delete(name, blob.digest)
             self._stop_server_side("answered without the SHA-256 of the copy")
             return False
-        if hashed and "sha256:" + copy.sha256 != blob.digest:
-            self.destination.delete(key)
-            raise _corrupt(blob, "sha256:" + copy.sha256)
+        if hashed and "sha256:" + sha256 != blob.digest:
+            self.destination.blob_delete(name, blob.digest)
+            raise _corrupt(blob, "sha256:" + sha256)
         self.report.count("blobs_copied")
         self.report.count("server_side_copies")
         self.report.count("server_side_verified" if hashed else "server_side_trusted")
@@ -167,8 +159,8 @@ class BlobCopier:
             log.warning("server-side copy to %s %s; streaming blobs through the replicator "
                         "instead for the rest of this pass", self.destination.describe(), reason)
 
-    def _write_manifest(self, manifest: Manifest) -> None:
-        self.destination.write(layout.blob_key(manifest.digest), manifest.data)
+    def _write_manifest(self, name: str, manifest: Manifest) -> None:
+        self.destination.manifest_write(name, manifest)
         self.report.count("manifests_copied")
         self.report.count("bytes_copied", len(manifest.data))
 

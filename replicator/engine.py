@@ -1,11 +1,13 @@
 """One replication pass: for each policy and destination, copy what the destination lacks.
 
-Per destination the pass lists the source's and destination's repositories (one repository
-for a targeted pass), then for every selected source tag whose digest differs at the
-destination: reads its manifests from the source, plans (``planner.plan_tag``), copies
-missing blobs and manifests (each digest once per destination per pass, hashed while it
-streams), and writes links bottom-up with the tag's ``current/link`` last. Tag links are read
-only when their listing entry changed since the state store last saw them.
+Per destination the pass takes a snapshot of the source and of the destination (one
+repository for a targeted pass; :mod:`replicator.endpoints`), then for every selected source
+tag whose digest differs at the destination: reads its manifests from the source, has the
+destination plan what it lacks, copies missing blobs and manifests (each digest once per
+destination per pass, hashed while it streams, or server-side), and makes the plan's steps
+bottom-up with the tag's move after everything a pull needs. Every step that changes the
+destination passes one gate (:mod:`replicator.gate`), which a dry run closes. The engine knows
+registry concepts only: how an endpoint stores them is the endpoint's.
 
 A tag fails alone: its error is recorded in the pass report and the state store, and the
 pass goes on. At the end, the tags still out of sync become the destination's pending set.
@@ -23,21 +25,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from drivers.backoff import Backoff
-from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
-from drivers.errors import AccessDenied, NotFound, StorageError, TransientError
+from drivers.base import ObjectInfo, ObjectTooLarge
+from drivers.errors import NotFound, StorageError
 from replicator import layout
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
-from replicator.copier import BlobCopier, ReplicationError
+from replicator.copier import BlobCopier
+from replicator.endpoints import Endpoint, endpoint_for
+from replicator.endpoints.base import Snapshot
+from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects
-from replicator.inventory import Inventory
-from replicator.links import TagLinks
+from replicator.gate import Gate
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
     Manifest,
     ManifestError,
     parse_manifest,
 )
-from replicator.planner import TagPlan, plan_tag
+from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
 from replicator.sharding import Shard
@@ -45,20 +49,8 @@ from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-TAG_ERRORS = (ReplicationError, StorageError, ManifestError, layout.LayoutError)
-
 RETRY_BACKOFF = Backoff(initial=60.0, maximum=3600.0)
 """The wait between attempts at a failing tag."""
-
-
-def error_kind(error: Exception) -> str:
-    """A short, stable name for what went wrong, for metrics: ``source_content``,
-    ``manifest``, ``layout``, ``storage_transient``, ``storage_access``, ``storage``,
-    ``internal`` (a defect: anything else)."""
-    kinds = ((TransientError, "storage_transient"), (AccessDenied, "storage_access"),
-             (StorageError, "storage"), (ReplicationError, "source_content"),
-             (ManifestError, "manifest"), (layout.LayoutError, "layout"))
-    return next((kind for cls, kind in kinds if isinstance(error, cls)), "internal")
 
 
 @dataclass(frozen=True)
@@ -95,34 +87,35 @@ class RunOptions:
 
 
 class SourceReader:
-    """Reads a source region's tag links and manifests, each at most once per pass."""
+    """Reads a source endpoint's tags and manifests, each at most once per pass."""
 
-    def __init__(self, storage: StorageDriver, links: TagLinks, listed: float):
-        self.storage = storage
-        self.links = links
+    def __init__(self, endpoint: Endpoint, snapshot: Snapshot, listed: float):
+        self.endpoint = endpoint
+        self.snapshot = snapshot
         self.listed = listed
         """When the source listing began: changes noted later may be missing from it."""
         self._lock = threading.Lock()
         self._manifests: dict[str, Future] = {}
 
     def tag_digest(self, name: str, tag: str) -> str:
-        digest = self.links.digest(name, tag)
+        digest = self.snapshot.tag_digest(name, tag)
         if digest is None:
             raise ReplicationError("the tag is not in the source listing")
         return digest
 
-    def manifest_tree(self, digest: str) -> dict[str, Manifest]:
-        """The manifest at ``digest`` and every manifest below it. Raises ``TAG_ERRORS``."""
+    def manifest_tree(self, name: str, digest: str) -> dict[str, Manifest]:
+        """The manifest at ``digest`` in repository ``name`` and every manifest below it.
+        Raises ``TAG_ERRORS``."""
         tree: dict[str, Manifest] = {}
         pending = [digest]
         while pending:
             current = pending.pop()
             if current not in tree:
-                tree[current] = self.manifest(current)
+                tree[current] = self.manifest(name, current)
                 pending.extend(child.digest for child in tree[current].children)
         return tree
 
-    def manifest(self, digest: str) -> Manifest:
+    def manifest(self, name: str, digest: str) -> Manifest:
         """The parsed manifest; read once per pass even when tags ask for it concurrently
         (a failure is shared too). Raises ``TAG_ERRORS``."""
         with self._lock:
@@ -132,14 +125,14 @@ class SourceReader:
                 future = self._manifests[digest] = Future()
         if reader:
             try:
-                future.set_result(self._read(digest))
+                future.set_result(self._read(name, digest))
             except TAG_ERRORS as error:
                 future.set_exception(error)
         return future.result()
 
-    def _read(self, digest: str) -> Manifest:
+    def _read(self, name: str, digest: str) -> Manifest:
         try:
-            data = self.storage.read(layout.blob_key(digest), MAX_MANIFEST_SIZE)
+            data = self.endpoint.manifest_read(name, digest, MAX_MANIFEST_SIZE)
         except NotFound:
             raise ReplicationError(f"manifest {digest} is missing at the source") from None
         except ObjectTooLarge:
@@ -158,15 +151,13 @@ class DestinationPass:
         self.source_tags = source_tags
         self.region = region
         self.destination_name = region.name
-        self.destination = region.storage
+        self.destination = endpoint_for(region)
         self.state = state
         self.options = options
         self.repository = repository
         self.report = PassReport(policy.name, policy.source, region.name)
-        self.inventory = Inventory()
+        self.gate = Gate(self.report, options.dry_run)
         self.in_sync: set[tuple[str, str]] = set()
-        self._blobs_listed = False
-        self._probed: set[str] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
 
@@ -176,17 +167,15 @@ class DestinationPass:
             died = self.state.begin_pass(self.policy.name, self.destination_name, started)
             if died or self.options.audit:
                 self._sweep_abandoned_uploads()
-        self.inventory.add(self.destination.list(_listing_prefix(self.repository)), self.repository)
-        self.links = TagLinks(self.destination_name, self.destination, self.inventory, self.state,
-                              self.options.audit)
+        self.held = self.destination.snapshot(self.repository, self.state, self.options.audit)
         self.failing = self.state.failures(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
         workers = self.options.concurrency
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
-            self.copier = BlobCopier(self.source.storage, self.destination, blob_pool,
-                                     self.report, self.options.dry_run, self.options.server_side_copy)
+            self.copier = BlobCopier(self.source.endpoint, self.destination, blob_pool,
+                                     self.report, self.gate, self.options.server_side_copy)
             self._replicate_all(tag_pool, 2 * workers)
         if self.policy.delete:
             self._delete_removed_tags()
@@ -199,8 +188,7 @@ class DestinationPass:
         return self.report
 
     def _sweep_abandoned_uploads(self) -> None:
-        swept = self.destination.sweep_abandoned_uploads(layout.BLOBS_PREFIX,
-                                                         self.options.abandoned_uploads_after)
+        swept = self.destination.sweep_abandoned_uploads(self.options.abandoned_uploads_after)
         if swept:
             log.info("discarded %d abandoned uploads at %s", swept, self.destination_name,
                      extra={"destination": self.destination_name})
@@ -242,19 +230,18 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             if digest == current and not self.options.audit:
-                self._complete_tag_index(name, tag, digest)
+                self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
-            tree = self.source.manifest_tree(digest)
-            plan = plan_tag(name, tag, digest, tree, self._present_blobs(tree),
-                            self.inventory.links, current)
+            tree = self.source.manifest_tree(name, digest)
+            plan = self.held.plan(name, tag, digest, tree, current)
             self._count_reused(plan.reused)
             self._apply(plan)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         except Exception as error:  # a defect must fail its tag, not the whole pass
             log.debug("unexpected error replicating %s:%s", name, tag, exc_info=True)
-            self._failed(name, tag, digest, _unexpected(error))
+            self._failed(name, tag, digest, unexpected(error))
         else:
             self._done(name, tag, not plan.empty, digest)
 
@@ -290,38 +277,18 @@ class DestinationPass:
                          "deferred")
         return True
 
-    def _complete_tag_index(self, name: str, tag: str, digest: str) -> None:
-        """Write the index link of a tag whose current link is right: a pass stopped between
-        the two writes left it out. Known from the listing, so it costs no read."""
-        key = layout.tag_index_key(name, tag, digest)
-        if key not in self.inventory.links:
-            self._write_link(key, digest)
-            self.inventory.links.add(key)
+    def _complete_tag(self, name: str, tag: str, digest: str) -> None:
+        """Make the step a tag already at the right digest still lacks (a pass stopped between
+        its last two writes left it out). Known from the snapshot, so it costs no read."""
+        step = self.held.complete_tag(name, tag, digest)
+        if step is not None:
+            self._make(step)
 
     def _destination_digest(self, name: str, tag: str) -> str | None:
         try:
-            return self.links.digest(name, tag)
+            return self.held.tag_digest(name, tag)
         except layout.LayoutError:
             return None
-
-    def _present_blobs(self, tree: dict[str, Manifest]) -> dict[str, int]:
-        """Blobs the destination holds: from one listing of all blobs in a full pass, from a
-        probe of each blob the tag references in a targeted one."""
-        if self.repository is None:
-            with self._lock:
-                if not self._blobs_listed:
-                    self.inventory.add(self.destination.list(layout.BLOBS_PREFIX))
-                    self._blobs_listed = True
-            return self.inventory.blobs
-        for digest in {d for m in tree.values() for d in (m.digest, *(b.digest for b in m.blobs))}:
-            if digest in self.inventory.blobs or digest in self._probed:
-                continue
-            self._probed.add(digest)
-            try:
-                self.inventory.blobs[digest] = self.destination.stat(layout.blob_key(digest)).size
-            except NotFound:
-                pass
-        return self.inventory.blobs
 
     def _count_reused(self, digests: Iterable[str]) -> None:
         with self._lock:
@@ -330,42 +297,35 @@ class DestinationPass:
         self.report.count("blobs_present", len(fresh))
 
     def _apply(self, plan: TagPlan) -> None:
-        current_key = layout.tag_current_key(plan.name, plan.tag)
-        copies = [self.copier.ensure_blob(blob) for blob in plan.blobs]
-        copies += [self.copier.ensure_manifest(manifest) for manifest in plan.manifests]
+        copies = [self.copier.ensure_blob(plan.name, blob) for blob in plan.blobs]
+        copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
         for copy in copies:
             copy.result()
-        for key, digest in plan.links:
-            if key in self.inventory.links:
+        for step in plan.links:
+            if self.held.made(step):
                 continue
-            if key != current_key:
-                self._write_link(key, digest)
-                self.inventory.links.add(key)
+            if step != plan.move:
+                self._make(step)
                 continue
             with self._purging(plan.name, plan.tag):
-                etag = self._write_link(key, digest)
-            if etag is not None:
-                self.links.record(plan.name, plan.tag, etag, digest)
+                token = self._make(step)
+            if token is not None:
+                self.held.record_tag(plan.name, plan.tag, token, plan.digest)
 
-    def _write_link(self, key: str, digest: str) -> str | None:
-        """Write a link (or, in a dry run, plan it); the new etag, ``None`` in a dry run."""
-        if self.options.dry_run:
-            self.report.plan(f"write {key} -> {digest}")
-            return None
-        return self.destination.write(key, layout.link_bytes(digest))
+    def _make(self, step: tuple[str, str]) -> str | None:
+        """One step through the gate; its change token, ``None`` in a dry run."""
+        return self.held.apply(step) if self.gate.allows(self.held.describe(step)) else None
 
     @contextmanager
     def _purging(self, name: str, tag: str) -> Iterator[None]:
-        """Around a change of the tag's current link: purges recorded before, ready after,
-        even if the change raised (it may have been applied; a purge too many costs a refetch)."""
+        """Around a move or removal of a tag: purges recorded before, ready after, even if the
+        change raised (it may have been applied; a purge too many costs a refetch)."""
         if self.region.cdn is None:
             yield
             return
         urls = purge_urls(self.region.cdn.baseurls, name, tag)
-        if self.options.dry_run:
+        if not all([self.gate.allows(f"purge {url}") for url in urls]):
             yield
-            for url in urls:
-                self.report.plan(f"purge {url}")
             return
         self.state.enqueue_purges(self.destination_name, urls)
         try:
@@ -374,34 +334,21 @@ class DestinationPass:
             self.state.ready_purges(self.destination_name, urls)
 
     def _delete_removed_tags(self) -> None:
-        for name, tag in sorted(self.inventory.tags):
+        for name, tag in sorted(self.held.tags):
             if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
                     or not self.options.shard.owns(name)):
                 continue
-            keys = [layout.tag_current_key(name, tag), *self.inventory.tag_index_keys.get((name, tag), [])]
             try:
                 with self._purging(name, tag):
-                    for key in keys:
-                        if self.options.dry_run:
-                            self.report.plan(f"delete {key}")
-                        else:
-                            self.destination.delete(key)
+                    for step in self.held.tag_removal(name, tag):
+                        if self.gate.allows(f"delete {step[0]}"):
+                            self.held.remove(step)
             except StorageError as error:
                 self._failed(name, tag, "", error)
             else:
                 if not self.options.dry_run:
-                    self.links.forget(name, tag)
+                    self.held.forget_tag(name, tag)
                 self.report.count("tags_deleted")
-
-
-def _unexpected(error: Exception) -> Exception:
-    """An error no layer classified, as a message a report can carry (the trace is logged at
-    debug level)."""
-    return RuntimeError(f"unexpected {type(error).__name__}: {error}")
-
-
-def _listing_prefix(repository: str | None) -> str:
-    return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
 
 
 def _timestamp(seconds: float) -> str:
@@ -419,16 +366,15 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     region or a tag: an unexpected one fails its tag or its destination's pass.
     """
     started = time.time()
-    source_storage = config.regions[policy.source].storage
+    source_endpoint = endpoint_for(config.regions[policy.source])
     try:
-        inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)
+        snapshot = source_endpoint.snapshot(repository, state, options.audit)
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in policy.destinations]
-    tags = {key: inventory.tags[key] for key in sorted(inventory.tags)
+    tags = {key: snapshot.tags[key] for key in sorted(snapshot.tags)
             if policy_selects(policy, *key) and options.shard.owns(key[0])}
-    source = SourceReader(source_storage, TagLinks(policy.source, source_storage, inventory, state,
-                                                   options.audit), started)
+    source = SourceReader(source_endpoint, snapshot, started)
     reports = []
     for name in policy.destinations:
         destination_pass = DestinationPass(policy, source, tags, config.regions[name], state,
@@ -440,7 +386,7 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
                                         destination_pass.report))
         except Exception as error:  # a defect fails this destination's pass, not the run
             log.debug("unexpected error in the pass into %s", name, exc_info=True)
-            reports.append(_failed_pass(policy, name, _unexpected(error), state, started, options,
+            reports.append(_failed_pass(policy, name, unexpected(error), state, started, options,
                                         repository, destination_pass.report))
     return reports
 

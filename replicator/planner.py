@@ -33,6 +33,12 @@ class TagPlan:
     """Digests of referenced blobs and manifests the destination already holds."""
 
     @property
+    def move(self) -> tuple[str, str] | None:
+        """The step that moves the tag to ``digest`` (its ``current/link``), if the plan has one."""
+        key = layout.tag_current_key(self.name, self.tag)
+        return next((step for step in self.links if step[0] == key), None)
+
+    @property
     def empty(self) -> bool:
         return not (self.blobs or self.manifests or self.links)
 

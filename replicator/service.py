@@ -19,7 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from drivers.errors import StorageError
-from replicator import layout
+from replicator.endpoints import endpoint_for
 from replicator.config import Config, Policy
 from replicator.debounce import Debouncer
 from replicator.engine import RETRY_BACKOFF, RunOptions, run_policy
@@ -138,7 +138,7 @@ class Service:
         result = {}
         for name, region in self.config.regions.items():
             try:
-                next(iter(region.storage.list(layout.ROOT)), None)
+                endpoint_for(region).probe()
                 result[name] = "ok"
             except StorageError as error:
                 result[name] = f"unreachable: {error}"

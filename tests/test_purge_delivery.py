@@ -19,7 +19,7 @@ from replicator import config as config_module
 
 from tests import test_cdn_purgers as purger_tests
 from tests import test_cdn_sync as cdn_sync
-from tests.cdn_servers import RecordingServer, Reply, scripted
+from tests.cdn_servers import RecordingServer, Reply
 from tests.test_cdn_purgers import CLOUDFLARE_OK, FASTLY_OK
 from tests.test_cdn_sync import DST, X, Y, cloudflare_urls, expected_urls, provider_block
 

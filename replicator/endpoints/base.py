@@ -1,0 +1,178 @@
+"""The endpoint interface: a place where images live, at the level of registry concepts.
+
+An :class:`Endpoint` is one region as the engine sees it: repositories holding tags, manifests
+and blobs, addressed by name, tag and digest. It reads and writes content; a
+:class:`Snapshot` is what one listing of it showed (its tags, what it holds), taken once per
+pass, and answers the questions a pass asks without further requests where the endpoint can.
+What a kind of place needs beyond that (a storage layout's link files, a registry API's
+mounts) stays inside its endpoint.
+
+Capabilities are asked for, not assumed (:class:`Capabilities`). Cost model: a snapshot costs
+what :attr:`Capabilities.snapshot_cost` says; everything else is one request per call unless
+said otherwise.
+
+Errors: every method raises only ``drivers.errors.StorageError`` (and its subclasses:
+``NotFound`` where said, ``AccessDenied``, ``TransientError`` after retries) for I/O, and
+``replicator.layout.LayoutError`` for content that breaks Distribution's grammar (a junk
+link). Content problems (a manifest that does not parse, bytes that do not match) are the
+caller's to judge.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from drivers.base import ChunkedWriter, ObjectInfo, RequestCounter
+from replicator.manifests import Manifest
+from replicator.planner import TagPlan
+
+TagEntry = ObjectInfo
+"""A tag as a listing shows it: ``etag`` changes whenever the tag may have moved, ``mtime`` is
+when it last did (for lag)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an endpoint can do beyond the interface's minimum."""
+
+    listing_detects_changes: bool
+    """A snapshot tells which tags may have moved without reading each (storage listings)."""
+    server_side_copy: bool
+    """Blobs may be copied into it from another endpoint without passing through the process."""
+    snapshot_cost: str
+    """What a snapshot costs, in words (for operators and the README)."""
+
+
+class Snapshot(ABC):
+    """What one listing of an endpoint showed, plus what the pass learnt or wrote since.
+
+    Thread-safe for the calls a pass makes concurrently (``tag_digest``, ``holdings``,
+    ``plan``, ``apply``).
+    """
+
+    tags: Mapping[tuple[str, str], TagEntry]
+    """Every tag the listing showed, by (repository, tag)."""
+
+    @abstractmethod
+    def tag_digest(self, name: str, tag: str) -> str | None:
+        """The digest the tag points at, ``None`` if the snapshot has no such tag. Reads the
+        tag only when the listing shows it may have changed since the state store last saw it.
+        Raises ``StorageError``, or ``LayoutError`` for a junk tag."""
+
+    @abstractmethod
+    def holdings(self, digests: Iterable[str]) -> Mapping[str, int]:
+        """Of ``digests`` (blobs and manifests), those the endpoint holds, with their sizes. May
+        list or probe once per digest and pass; never raises ``NotFound``."""
+
+    @abstractmethod
+    def plan(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
+             current: str | None) -> TagPlan:
+        """What the endpoint lacks for ``name:tag`` at ``digest`` (``tree``: every manifest
+        below it), in write order; pure given what the snapshot knows. ``current`` is the
+        digest the tag points at now."""
+
+    @abstractmethod
+    def made(self, step: tuple[str, str]) -> bool:
+        """Whether the step is already made (by another tag of this pass, since it planned)."""
+
+    @abstractmethod
+    def describe(self, step: tuple[str, str]) -> str:
+        """The step in words, as a dry run lists it."""
+
+    @abstractmethod
+    def apply(self, step: tuple[str, str]) -> str:
+        """Make one of a plan's ``links`` steps; the new change token. Raises ``StorageError``."""
+
+    @abstractmethod
+    def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
+        """The step still missing for a tag already at ``digest`` (a pass stopped between its
+        last two writes), known from the listing; ``None`` when nothing is missing."""
+
+    @abstractmethod
+    def record_tag(self, name: str, tag: str, token: str, digest: str) -> None:
+        """Remember that the tag now points at ``digest`` with change token ``token``."""
+
+    @abstractmethod
+    def tag_removal(self, name: str, tag: str) -> list[tuple[str, str]]:
+        """The steps that delete the tag (its history first kept, content never touched)."""
+
+    @abstractmethod
+    def remove(self, step: tuple[str, str]) -> None:
+        """Carry out one step of :meth:`tag_removal`. Raises ``StorageError``."""
+
+    @abstractmethod
+    def forget_tag(self, name: str, tag: str) -> None:
+        """Forget a deleted tag's recorded state."""
+
+
+class Endpoint(ABC):
+    """One region: repositories, tags, manifests and blobs."""
+
+    name: str
+    capabilities: Capabilities
+    requests: RequestCounter
+    """Every request the endpoint sends, by kind (``list``, ``get``, ``head``, ``put``,
+    ``copy``, ``delete``)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human-readable location; never contains secrets."""
+
+    @abstractmethod
+    def snapshot(self, repository: str | None, state, audit: bool) -> Snapshot:
+        """List the endpoint (or one repository of it). ``state`` is the state store holding
+        the tags last seen; ``audit`` trusts none of it. Raises ``StorageError``."""
+
+    @abstractmethod
+    def probe(self) -> None:
+        """One cheap request that proves the endpoint answers. Raises ``StorageError``."""
+
+    @abstractmethod
+    def manifest_read(self, name: str, digest: str, limit: int) -> bytes:
+        """The manifest's bytes (unchecked). Raises ``NotFound``, or ``ObjectTooLarge`` past
+        ``limit``."""
+
+    @abstractmethod
+    def manifest_write(self, name: str, manifest: Manifest) -> None:
+        """Store a checked manifest's bytes (invisible until a step refers to them)."""
+
+    @abstractmethod
+    def blob_size(self, name: str, digest: str) -> int:
+        """The blob's size. Raises ``NotFound``."""
+
+    @abstractmethod
+    def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
+        """The blob's bytes in chunks, resumed where a stream broke. Raises ``NotFound``
+        before yielding anything."""
+
+    @abstractmethod
+    def blob_writer(self, name: str, digest: str) -> ChunkedWriter:
+        """A streaming write of the blob, invisible until committed."""
+
+    @abstractmethod
+    def blob_delete(self, name: str, digest: str) -> None:
+        """Remove a blob this process just wrote and found wrong (never anything else)."""
+
+    @abstractmethod
+    def copy_ability(self, source: Endpoint) -> str:
+        """How blobs can be copied into this endpoint from ``source`` without passing through
+        the process: ``"hashed"`` (the provider's answer carries the SHA-256 of the copy),
+        ``"plain"`` (size only), or ``""`` (never). From configuration alone: no request."""
+
+    @abstractmethod
+    def hashes_copy(self, size: int) -> bool:
+        """Whether a hashed copy of ``size`` bytes is possible (providers limit its size)."""
+
+    @abstractmethod
+    def blob_copy_from(self, source: Endpoint, name: str, digest: str, size: int,
+                       hashed: bool) -> str | None:
+        """Copy the blob from ``source`` server-side (see :meth:`copy_ability`); with ``hashed``
+        return the provider's hex SHA-256 of the stored copy (``None`` if its answer carried
+        none), else ``None``. Raises ``NotFound`` (not at the source), ``AccessDenied`` (the
+        caller streams instead), ``StorageError``."""
+
+    @abstractmethod
+    def sweep_abandoned_uploads(self, older_than: float) -> int:
+        """Discard incomplete uploads older than ``older_than`` seconds; how many."""

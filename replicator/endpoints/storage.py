@@ -1,0 +1,164 @@
+"""Distribution storage as an endpoint: the registry's layout (:mod:`replicator.layout`) over a
+storage driver.
+
+Tags, links and blobs are known from listings: a snapshot is one paged listing of the
+repositories (or of one repository), plus one of all blobs the first time a pass needs to
+know which it holds (a targeted pass probes each blob instead). A tag's link is read only when
+its listing entry changed since the state store last saw it. Writes follow the planner's order
+(:mod:`replicator.planner`): blob data, layer and revision links, the tag's ``current/link``,
+then its index link.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+
+from drivers.base import ChunkedWriter, HashedServerSideCopy, ServerSideCopy, StorageDriver
+from drivers.errors import NotFound
+from replicator import layout
+from replicator.endpoints.base import Capabilities, Endpoint, Snapshot
+from replicator.inventory import Inventory
+from replicator.links import TagLinks
+from replicator.manifests import Manifest
+from replicator.planner import TagPlan, plan_tag
+
+
+def _listing_prefix(repository: str | None) -> str:
+    return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
+
+
+class StorageEndpoint(Endpoint):
+    """A region's Distribution storage, through ``storage`` (its driver)."""
+
+    capabilities = Capabilities(listing_detects_changes=True, server_side_copy=True,
+                                snapshot_cost="one listing request per 1,000 keys under the "
+                                              "repositories (plus the blobs when a tag changed)")
+
+    def __init__(self, name: str, storage: StorageDriver):
+        self.name = name
+        self.storage = storage
+        self.requests = storage.requests
+
+    def describe(self) -> str:
+        return self.storage.describe()
+
+    def snapshot(self, repository: str | None, state, audit: bool) -> StorageSnapshot:
+        inventory = Inventory().add(self.storage.list(_listing_prefix(repository)), repository)
+        return StorageSnapshot(self, inventory, TagLinks(self.name, self.storage, inventory, state,
+                                                         audit), repository)
+
+    def probe(self) -> None:
+        next(iter(self.storage.list(layout.ROOT)), None)
+
+    def manifest_read(self, name: str, digest: str, limit: int) -> bytes:
+        return self.storage.read(layout.blob_key(digest), limit)
+
+    def manifest_write(self, name: str, manifest: Manifest) -> None:
+        self.storage.write(layout.blob_key(manifest.digest), manifest.data)
+
+    def blob_size(self, name: str, digest: str) -> int:
+        return self.storage.stat(layout.blob_key(digest)).size
+
+    def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
+        return self.storage.open(layout.blob_key(digest))
+
+    def blob_writer(self, name: str, digest: str) -> ChunkedWriter:
+        return self.storage.writer(layout.blob_key(digest))
+
+    def blob_delete(self, name: str, digest: str) -> None:
+        self.storage.delete(layout.blob_key(digest))
+
+    def copy_ability(self, source: Endpoint) -> str:
+        if not (isinstance(source, StorageEndpoint) and isinstance(self.storage, ServerSideCopy)
+                and self.storage.can_copy_from(source.storage)):
+            return ""
+        return "hashed" if isinstance(self.storage, HashedServerSideCopy) else "plain"
+
+    def hashes_copy(self, size: int) -> bool:
+        return isinstance(self.storage, HashedServerSideCopy) and self.storage.hashes_copy(size)
+
+    def blob_copy_from(self, source: Endpoint, name: str, digest: str, size: int,
+                       hashed: bool) -> str | None:
+        key = layout.blob_key(digest)
+        if hashed:
+            return self.storage.copy_from_hashed(source.storage, key, size).sha256
+        self.storage.copy_from(source.storage, key, size)
+        return None
+
+    def sweep_abandoned_uploads(self, older_than: float) -> int:
+        return self.storage.sweep_abandoned_uploads(layout.BLOBS_PREFIX, older_than)
+
+
+class StorageSnapshot(Snapshot):
+    """One listing of a storage endpoint: its :class:`~replicator.inventory.Inventory`."""
+
+    def __init__(self, endpoint: StorageEndpoint, inventory: Inventory, links: TagLinks,
+                 repository: str | None):
+        self.endpoint = endpoint
+        self.inventory = inventory
+        self.links = links
+        self.repository = repository
+        self.tags = inventory.tags
+        self._blobs_listed = False
+        self._probed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def tag_digest(self, name: str, tag: str) -> str | None:
+        return self.links.digest(name, tag)
+
+    def holdings(self, digests: Iterable[str]) -> Mapping[str, int]:
+        """From one listing of all blobs in a full pass, from a probe of each digest in a
+        targeted one."""
+        storage = self.endpoint.storage
+        if self.repository is None:
+            with self._lock:
+                if not self._blobs_listed:
+                    self.inventory.add(storage.list(layout.BLOBS_PREFIX))
+                    self._blobs_listed = True
+            return self.inventory.blobs
+        for digest in set(digests):
+            with self._lock:
+                if digest in self.inventory.blobs or digest in self._probed:
+                    continue
+                self._probed.add(digest)
+            try:
+                self.inventory.blobs[digest] = storage.stat(layout.blob_key(digest)).size
+            except NotFound:
+                pass
+        return self.inventory.blobs
+
+    def plan(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
+             current: str | None) -> TagPlan:
+        present = self.holdings({d for m in tree.values() for d in (m.digest, *(b.digest for b in m.blobs))})
+        return plan_tag(name, tag, digest, tree, present, self.inventory.links, current)
+
+    def made(self, step: tuple[str, str]) -> bool:
+        return step[0] in self.inventory.links
+
+    def describe(self, step: tuple[str, str]) -> str:
+        return f"write {step[0]} -> {step[1]}"
+
+    def apply(self, step: tuple[str, str]) -> str:
+        key, digest = step
+        etag = self.endpoint.storage.write(key, layout.link_bytes(digest))
+        if not isinstance(layout.parse_key(key), layout.TagCurrent):
+            self.inventory.links.add(key)
+        return etag
+
+    def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
+        key = layout.tag_index_key(name, tag, digest)
+        return None if key in self.inventory.links else (key, digest)
+
+    def record_tag(self, name: str, tag: str, token: str, digest: str) -> None:
+        self.links.record(name, tag, token, digest)
+
+    def tag_removal(self, name: str, tag: str) -> list[tuple[str, str]]:
+        return [(layout.tag_current_key(name, tag), ""),
+                *((key, "") for key in self.inventory.tag_index_keys.get((name, tag), []))]
+
+    def remove(self, step: tuple[str, str]) -> None:
+        self.endpoint.storage.delete(step[0])
+
+    def forget_tag(self, name: str, tag: str) -> None:
+        self.links.forget(name, tag)
