@@ -9,15 +9,17 @@ from state.store import StateStore, TagLink
 
 
 class TagLinks:
-    """A region's tag links, read only when the listing's etag differs from the recorded one."""
+    """A region's tag links, read only when the listing's etag differs from the recorded one.
+    Without a state store (``None``, for readers such as verify) every link is read and
+    nothing is recorded."""
 
     def __init__(self, region: str, storage: StorageDriver, inventory: Inventory,
-                 state: StateStore, audit: bool):
+                 state: StateStore | None, audit: bool):
         self.region = region
         self.storage = storage
         self.inventory = inventory
         self.state = state
-        self.known = {} if audit else state.tag_links(region)
+        self.known = {} if audit or state is None else state.tag_links(region)
 
     def digest(self, name: str, tag: str) -> str | None:
         """The tag's digest in this region, ``None`` if it has no tag link.
@@ -36,8 +38,10 @@ class TagLinks:
 
     def record(self, name: str, tag: str, etag: str, digest: str) -> None:
         self.known[(name, tag)] = TagLink(etag, digest)
-        self.state.record_tag_link(self.region, name, tag, etag, digest)
+        if self.state is not None:
+            self.state.record_tag_link(self.region, name, tag, etag, digest)
 
     def forget(self, name: str, tag: str) -> None:
         self.known.pop((name, tag), None)
-        self.state.forget_tag_link(self.region, name, tag)
+        if self.state is not None:
+            self.state.forget_tag_link(self.region, name, tag)

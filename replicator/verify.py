@@ -1,8 +1,9 @@
 """Check that a destination serves what its source serves: tags, manifests, links, blobs.
 
-Reads only; reports drift precisely. ``deep`` re-hashes every referenced blob; otherwise
-blobs are checked for presence and size from the destination's listing (a blob listed with
-an unknown size, such as a Swift DLO, is stat'ed).
+Reads only, through the endpoint interface; reports drift precisely. ``deep`` re-hashes every
+referenced blob; otherwise blobs are checked for presence and size from what the
+destination's snapshot holds (a blob held with an unknown size, such as a Swift DLO, is
+stat'ed).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from drivers.base import UNKNOWN_SIZE, StorageDriver
+from drivers.base import UNKNOWN_SIZE, ObjectTooLarge
 from drivers.errors import NotFound
 from replicator import layout
 from replicator.config import Config, Policy
+from replicator.endpoints import Endpoint, endpoint_for
+from replicator.endpoints.base import Snapshot
 from replicator.filters import policy_selects
-from replicator.inventory import Inventory
-from replicator.manifests import ManifestError, parse_manifest
+from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
 from replicator.planner import is_foreign
 
 
@@ -47,86 +49,86 @@ class VerifyResult:
     drift: list[Drift] = field(default_factory=list)
 
 
-def verify(source: StorageDriver, destination: StorageDriver, tags: list[tuple[str, str]],
+def verify(source: Endpoint, destination: Endpoint, tags: list[tuple[str, str]],
            deep: bool = False) -> VerifyResult:
     """Verify ``tags`` (repository, tag) of ``source`` at ``destination``.
 
     Raises ``StorageError`` only if a region cannot be listed or read at all.
     """
-    inventory = Inventory().add(destination.list(layout.REPOSITORIES_PREFIX))
-    inventory.add(destination.list(layout.BLOBS_PREFIX))
-    checker = _Checker(destination, inventory, deep)
+    held = destination.snapshot(None, None, audit=True)
+    checker = _Checker(destination, held, deep)
     for name, tag in tags:
         checker.check_tag(source, name, tag)
     return checker.result
 
 
 class _Checker:
-    def __init__(self, destination: StorageDriver, inventory: Inventory, deep: bool):
+    def __init__(self, destination: Endpoint, held: Snapshot, deep: bool):
         self.destination = destination
-        self.inventory = inventory
+        self.held = held
         self.deep = deep
         self.result = VerifyResult()
         self._blobs_seen: set[str] = set()
 
-    def check_tag(self, source: StorageDriver, name: str, tag: str) -> None:
+    def check_tag(self, source: Endpoint, name: str, tag: str) -> None:
         self.result.tags_checked += 1
-        expected = layout.parse_link(source.read(layout.tag_current_key(name, tag)))
-        if (name, tag) not in self.inventory.tags:
+        expected = source.tag_read(name, tag)
+        if (name, tag) not in self.held.tags:
             self._drift(name, tag, "missing-tag", f"source has {expected}")
             return
         try:
-            actual = layout.parse_link(self.destination.read(layout.tag_current_key(name, tag)))
+            actual = self.held.tag_digest(name, tag)
         except (NotFound, layout.LayoutError) as error:
             self._drift(name, tag, "bad-link", str(error))
             return
         if actual != expected:
             self._drift(name, tag, "tag-mismatch", f"source {expected}, destination {actual}")
-        if layout.tag_index_key(name, tag, actual) not in self.inventory.links:
-            self._drift(name, tag, "missing-tag-index", f"tag index link for {actual}")
+        for kind, detail in self.held.missing_history(name, tag, actual):
+            self._drift(name, tag, kind, detail)
         self._check_manifest(name, tag, actual)
 
     def _check_manifest(self, name: str, tag: str, digest: str) -> None:
         self.result.manifests_checked += 1
-        if layout.revision_link_key(name, digest) not in self.inventory.links:
-            self._drift(name, tag, "missing-link", f"revision link for {digest}")
         try:
-            manifest = parse_manifest(self.destination.read(layout.blob_key(digest)), digest)
+            manifest = parse_manifest(self.destination.manifest_read(name, digest, MAX_MANIFEST_SIZE),
+                                      digest)
         except NotFound:
+            missing = self.held.missing_references(name, tag, Manifest(digest, "", b""), ())
+            for kind, detail in missing:
+                self._drift(name, tag, kind, detail)
             self._drift(name, tag, "missing-manifest", digest)
             return
-        except ManifestError as error:
+        except (ManifestError, ObjectTooLarge) as error:
             self._drift(name, tag, "bad-manifest", str(error))
             return
+        blobs = [blob for blob in manifest.blobs if not is_foreign(blob)]
+        for kind, detail in self.held.missing_references(name, tag, manifest, [b.digest for b in blobs]):
+            self._drift(name, tag, kind, detail)
         for child in manifest.children:
             self._check_manifest(name, tag, child.digest)
-        for blob in manifest.blobs:
-            if is_foreign(blob):
-                continue
-            if layout.layer_link_key(name, blob.digest) not in self.inventory.links:
-                self._drift(name, tag, "missing-link", f"layer link for {blob.digest}")
+        for blob in blobs:
             self._check_blob(name, tag, blob.digest, blob.size)
 
     def _check_blob(self, name: str, tag: str, digest: str, size: int) -> None:
         self.result.blobs_checked += 1
-        if digest not in self.inventory.blobs:
+        held = self.held.holdings([digest])
+        if digest not in held:
             self._drift(name, tag, "missing-blob", digest)
             return
-        listed = self.inventory.blobs[digest]
-        if size >= 0 and listed == UNKNOWN_SIZE:
+        found = held[digest]
+        if size >= 0 and found == UNKNOWN_SIZE:
             try:
-                listed = self.destination.stat(layout.blob_key(digest)).size
+                found = self.destination.blob_size(name, digest)
             except NotFound:
                 self._drift(name, tag, "missing-blob", digest)
                 return
-            self.inventory.blobs[digest] = listed
-        if size >= 0 and listed != size:
-            self._drift(name, tag, "wrong-size", f"{digest}: {listed} bytes, expected {size}")
+        if size >= 0 and found != size:
+            self._drift(name, tag, "wrong-size", f"{digest}: {found} bytes, expected {size}")
             return
         if self.deep and digest not in self._blobs_seen:
             self._blobs_seen.add(digest)
             hasher = hashlib.sha256()
-            for chunk in self.destination.open(layout.blob_key(digest)):
+            for chunk in self.destination.blob_open(name, digest):
                 hasher.update(chunk)
                 self.result.bytes_hashed += len(chunk)
             if "sha256:" + hasher.hexdigest() != digest:
@@ -138,12 +140,12 @@ class _Checker:
 
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
     """Verify every tag ``policy`` selects at the source, in each destination."""
-    source = config.regions[policy.source].storage
-    inventory = Inventory().add(source.list(layout.REPOSITORIES_PREFIX))
-    tags = sorted(key for key in inventory.tags if policy_selects(policy, *key))
+    source = endpoint_for(config.regions[policy.source])
+    tags = sorted(key for key in source.snapshot(None, None, audit=True).tags
+                  if policy_selects(policy, *key))
     results = []
     for name in policy.destinations:
-        result = verify(source, config.regions[name].storage, tags, deep)
+        result = verify(source, endpoint_for(config.regions[name]), tags, deep)
         result.policy, result.source, result.destination = policy.name, policy.source, name
         results.append(result)
     return results

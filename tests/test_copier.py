@@ -9,12 +9,11 @@ must be the digest, else the copy is deleted and its tags fail as for a corrupt 
 Trusted: size checked only, same-size corruption left to ``verify --deep``.
 """
 
+import hashlib
 import logging
 from pathlib import Path
 
 import pytest
-
-import hashlib
 
 from drivers.base import HashedCopy, HashedServerSideCopy, StorageDriver, check_key
 from drivers.errors import AccessDenied, ConfigError, NotFound
@@ -23,8 +22,7 @@ from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.config import Region
 from replicator.copier import SOURCE_READS
-from replicator.verify import verify
-from tests.test_engine import make_config, published, sync
+from tests.test_engine import make_config, published, sync, verify_storage
 
 BASE = sample_images.layer({"base": b"shared base layer" * 100})
 WEB = sample_images.image([BASE, sample_images.layer({"web": b"web"})])
@@ -96,7 +94,7 @@ def test_blobs_are_copied_server_side_and_only_manifests_stream(config, mode):
     assert source["head"] - source_before["head"] == len(BLOBS)  # each blob's size, no bytes
     assert source["get"] - source_before["get"] == len(IMAGES) + len(MANIFESTS)  # links, manifests
     assert storage(config, "dst").requests.snapshot()["copy"] == len(BLOBS)
-    result = verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True)
+    result = verify_storage(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True)
     assert result.drift == []
 
 
@@ -120,7 +118,7 @@ def test_a_refused_copy_streams_that_blob_and_every_later_one(config, caplog, mo
     assert warning.startswith(f"server-side copy to {storage(config, 'dst').describe()} refused (copy ")
     assert warning.endswith(": refused); streaming blobs through the replicator instead for the "
                             "rest of this pass")
-    assert verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+    assert verify_storage(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
 
 
 @pytest.mark.parametrize("spoil, reason", [
@@ -180,7 +178,7 @@ def test_a_hashed_copy_answered_without_a_hash_is_deleted_and_streamed(config, c
         (len(IMAGES), len(BLOBS), 0)
     assert storage(config, "dst").requests.snapshot()["copy"] == 1
     assert any("answered without the SHA-256 of the copy" in r.message for r in caplog.records)
-    assert verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+    assert verify_storage(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
 
 
 def test_trusted_same_size_corruption_is_left_to_verify_deep(config):
@@ -189,7 +187,7 @@ def test_trusted_same_size_corruption_is_left_to_verify_deep(config):
     layer = WEB.blobs[-1]
     flip_last_byte(config, layer)
     assert sync(config, server_side_copy="trusted").tags_failed == 0
-    drift = verify(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift
+    drift = verify_storage(storage(config, "src"), storage(config, "dst"), sorted(IMAGES), deep=True).drift
     assert {(item.kind, item.repository, item.tag) for item in drift} == \
         {("wrong-digest", "web", "1.0")}
 
@@ -240,7 +238,7 @@ def test_a_blob_read_back_short_is_read_again_before_it_is_called_corrupt(short_
     report = sync(config, concurrency=1)
     assert (report.tags_replicated, report.tags_failed, report.blobs_copied) == (len(IMAGES), 0, len(BLOBS))
     assert all(source.reads[layout.blob_key(digest)] == 2 for digest in BLOBS)
-    assert verify(source, storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
+    assert verify_storage(source, storage(config, "dst"), sorted(IMAGES), deep=True).drift == []
 
 
 def test_a_blob_short_at_every_read_fails_after_a_bounded_number_of_reads(short_reads):

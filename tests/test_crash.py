@@ -67,10 +67,9 @@ from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
-from replicator.verify import verify
 from state.store import StateStore
 from tests.services import PROJECT
-from tests.test_engine import DANGLING_KINDS, _visible_tags
+from tests.test_engine import DANGLING_KINDS, _visible_tags, verify_storage
 from tests.test_faults import (assert_identical, big_layer, direct, driver_params, keys,
                                leftover_uploads, new_bucket, raw_client)
 from tests.test_request_counts import fill
@@ -527,7 +526,7 @@ def reader_check(storage, allowed: dict[tuple[str, str], set[str]]) -> ReaderVie
     visible = _visible_tags(storage)
     view.tags_visible = len(visible)
     view.problems += [f"dangling {d.kind} {d.repository}:{d.tag}: {d.detail}"
-                      for d in verify(storage, storage, visible).drift if d.kind in DANGLING_KINDS]
+                      for d in verify_storage(storage, storage, visible).drift if d.kind in DANGLING_KINDS]
     listed = [info for prefix in (layout.BLOBS_PREFIX, layout.REPOSITORIES_PREFIX)
               for page in storage.list(prefix) for info in page]
     blobs, links, indexed = [], [], set()
@@ -581,7 +580,7 @@ def fs_keys(root: Path) -> list[str]:
 def assert_fs_identical(moto, source: Source, root: Path) -> None:
     """As ``tests.test_faults.assert_identical``, for a filesystem destination."""
     storage = FilesystemDriver(str(root))
-    result = verify(direct(moto, source.bucket), storage, source.tags, deep=True)
+    result = verify_storage(direct(moto, source.bucket), storage, source.tags, deep=True)
     assert result.drift == [] and result.tags_checked == len(source.tags) and result.bytes_hashed > 0
     expected = {key.removeprefix("registry/"): digest for key, digest in source.expected.items()}
     present = [key for key in fs_keys(root) if "/_uploads/" not in key]

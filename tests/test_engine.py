@@ -6,10 +6,12 @@ import threading
 import pytest
 import yaml
 
+from drivers.base import StorageDriver
 from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.demo import publish
+from replicator.endpoints import StorageEndpoint
 from replicator.engine import RunOptions, run_policy
 from replicator.manifests import digest_of
 from replicator.verify import verify
@@ -36,6 +38,12 @@ def write_filesystem_config(tmp_path, state="state.db", **policy):
     path = tmp_path / f"{state}.yml"
     path.write_text(yaml.safe_dump(filesystem_document(tmp_path, state, **policy)))
     return path
+
+
+def verify_storage(source: StorageDriver, destination: StorageDriver, tags, deep: bool = False):
+    """``verify`` between two storage drivers' registries."""
+    return verify(StorageEndpoint("source", source), StorageEndpoint("destination", destination),
+                  tags, deep)
 
 
 def make_config(tmp_path, **policy):
@@ -73,7 +81,7 @@ def test_replicates_and_verifies_deeply(tmp_path):
     assert report.blobs_copied == len(blobs)
     assert report.manifests_copied == len(manifests)
     assert report.bytes_copied == sum(len(b.data) for b in (*blobs.values(), *manifests.values()))
-    result = verify(config.regions["src"].storage, config.regions["dst"].storage, sorted(images), deep=True)
+    result = verify_storage(config.regions["src"].storage, config.regions["dst"].storage, sorted(images), deep=True)
     assert result.drift == [] and result.bytes_hashed > 0
 
 
@@ -108,7 +116,7 @@ def test_reader_never_sees_a_dangling_tag(tmp_path):
     def check():
         with lock:
             tags = _visible_tags(destination)
-            drift = verify(destination, destination, tags).drift
+            drift = verify_storage(destination, destination, tags).drift
             checks.append(len(tags))
             assert not [d for d in drift if d.kind in DANGLING_KINDS], drift
 

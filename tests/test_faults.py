@@ -37,11 +37,10 @@ from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
-from replicator.verify import verify
 from state.store import StateStore
 from tests.faults import FAULTS, FaultProxy
 from tests.services import S3_CREDENTIALS
-from tests.test_engine import DANGLING_KINDS, _visible_tags
+from tests.test_engine import DANGLING_KINDS, _visible_tags, verify_storage
 from tests.test_request_counts import fill, s3_block
 
 MIB = 1024 * 1024
@@ -354,7 +353,7 @@ def hashes(moto, bucket: str, names: list[str]) -> list[bytes]:
 def assert_identical(moto, source, destination_bucket: str) -> None:
     """The destination holds exactly the source's registry (``_uploads`` aside), byte for byte."""
     source_bucket, tags, expected = source
-    result = verify(direct(moto, source_bucket), direct(moto, destination_bucket), tags, deep=True)
+    result = verify_storage(direct(moto, source_bucket), direct(moto, destination_bucket), tags, deep=True)
     assert result.drift == [] and result.tags_checked == len(tags) and result.bytes_hashed > 0
     present = keys(raw_client(moto.url), destination_bucket)
     assert present == list(expected)
@@ -453,7 +452,7 @@ def test_a_reader_never_sees_a_dangling_tag_while_a_faulty_sync_runs(
 
     def check():
         visible = _visible_tags(reader)
-        drift = verify(reader, reader, visible).drift
+        drift = verify_storage(reader, reader, visible).drift
         assert not [d for d in drift if d.kind in DANGLING_KINDS], drift
         visible_counts.append(len(visible))
 

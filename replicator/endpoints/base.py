@@ -106,6 +106,18 @@ class Snapshot(ABC):
     def forget_tag(self, name: str, tag: str) -> None:
         """Forget a deleted tag's recorded state."""
 
+    @abstractmethod
+    def missing_references(self, name: str, tag: str, manifest: Manifest,
+                           blobs: Iterable[str]) -> list[tuple[str, str]]:
+        """What the endpoint's own bookkeeping lacks for ``manifest`` (and its ``blobs``) in
+        repository ``name`` under ``tag``, as (drift kind, detail) pairs: for storage, the
+        revision and layer links a pull needs."""
+
+    @abstractmethod
+    def missing_history(self, name: str, tag: str, digest: str) -> list[tuple[str, str]]:
+        """What the tag's history lacks at ``digest`` (storage: its index link; pulls work
+        without it), as (drift kind, detail) pairs."""
+
 
 class Endpoint(ABC):
     """One region: repositories, tags, manifests and blobs."""
@@ -124,6 +136,11 @@ class Endpoint(ABC):
     def snapshot(self, repository: str | None, state, audit: bool) -> Snapshot:
         """List the endpoint (or one repository of it). ``state`` is the state store holding
         the tags last seen; ``audit`` trusts none of it. Raises ``StorageError``."""
+
+    @abstractmethod
+    def tag_read(self, name: str, tag: str) -> str:
+        """The digest the tag points at, read now (one request). Raises ``NotFound``, or
+        ``LayoutError`` for a junk tag."""
 
     @abstractmethod
     def probe(self) -> None:

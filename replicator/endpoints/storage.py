@@ -48,6 +48,9 @@ class StorageEndpoint(Endpoint):
         return StorageSnapshot(self, inventory, TagLinks(self.name, self.storage, inventory, state,
                                                          audit), repository)
 
+    def tag_read(self, name: str, tag: str) -> str:
+        return layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
+
     def probe(self) -> None:
         next(iter(self.storage.list(layout.ROOT)), None)
 
@@ -162,3 +165,17 @@ class StorageSnapshot(Snapshot):
 
     def forget_tag(self, name: str, tag: str) -> None:
         self.links.forget(name, tag)
+
+    def missing_references(self, name: str, tag: str, manifest: Manifest,
+                           blobs: Iterable[str]) -> list[tuple[str, str]]:
+        links = self.inventory.links
+        missing = [("missing-link", f"layer link for {digest}") for digest in blobs
+                   if layout.layer_link_key(name, digest) not in links]
+        if layout.revision_link_key(name, manifest.digest) not in links:
+            missing.insert(0, ("missing-link", f"revision link for {manifest.digest}"))
+        return missing
+
+    def missing_history(self, name: str, tag: str, digest: str) -> list[tuple[str, str]]:
+        if layout.tag_index_key(name, tag, digest) in self.inventory.links:
+            return []
+        return [("missing-tag-index", f"tag index link for {digest}")]
