@@ -26,8 +26,8 @@ from drivers.filesystem import FilesystemDriver
 from drivers.swift import SwiftDriver
 from replicator import sample_images as si
 from replicator.demo import publish
-from replicator.verify import verify
 from tests import registry as reg
+from tests.test_engine import verify_storage
 from tests.test_e2e_sync import (BASE, DESTINATIONS, INITIAL, World, assert_never_wrote_to_source,
                                  copied, expected_pull)
 
@@ -157,7 +157,7 @@ def test_verify_stats_only_the_blobs_listed_without_a_size(into_swift):
     world, _, _ = into_swift
     source = FilesystemDriver(world.storage["primary"]["filesystem"]["rootdirectory"])
     destination = SwiftDriver.from_config(world.storage["replica"]["swift"])
-    result = verify(source, destination, sorted(IMAGES))
+    result = verify_storage(source, destination, sorted(IMAGES))
     assert result.drift == [] and result.blobs_checked > 0
     assert destination.requests.snapshot()["head"] == 1  # the big layer, a DLO
 

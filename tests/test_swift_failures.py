@@ -29,9 +29,9 @@ from drivers.swift import SwiftDriver
 from replicator import config as config_module
 from replicator import layout, sample_images
 from replicator.demo import publish
-from replicator.verify import verify
 from tests.faults import FaultProxy
 from tests.services import PROJECT
+from tests.test_engine import verify_storage
 from tests.test_faults import big_layer, converge
 
 MIB = 1024 * 1024
@@ -115,7 +115,7 @@ def assert_blobs_whole(driver: SwiftDriver) -> list[str]:
 
 
 def assert_converged(source: FilesystemDriver, driver: SwiftDriver) -> None:
-    result = verify(source, driver, TAGS, deep=True)
+    result = verify_storage(source, driver, TAGS, deep=True)
     assert result.drift == [] and result.tags_checked == len(TAGS) and result.bytes_hashed > 0
     assert unreferenced_segments(driver) == []
 
