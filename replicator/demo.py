@@ -15,6 +15,7 @@ from pathlib import Path
 from drivers.base import StorageDriver
 from replicator import config as config_module
 from replicator import layout, sample_images
+from replicator.endpoints import endpoint_for
 from replicator.engine import RunOptions, run_policy
 from replicator.manifests import parse_manifest
 from replicator.planner import plan_tag
@@ -78,7 +79,8 @@ def run(workdir: Path) -> int:
 
     ok = copied_again == 0 and not any(r.tags_failed for r in first + second)
     for destination in DESTINATIONS:
-        result = verify(source, config.regions[destination].storage, sorted(images), deep=True)
+        result = verify(endpoint_for(config.regions[SOURCE]), endpoint_for(config.regions[destination]),
+                        sorted(images), deep=True)
         print(f"Verified {destination}: {result.tags_checked} tags, {result.manifests_checked} "
               f"manifests, {result.blobs_checked} blob references, "
               f"{result.bytes_hashed} bytes re-hashed, {len(result.drift)} problems.")
