@@ -147,7 +147,7 @@ def _sync(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     duration = time.monotonic() - started
-    requests = {name: region.storage.requests.snapshot() for name, region in config.regions.items()}
+    requests = {name: region.requests.snapshot() for name, region in config.regions.items()}
     if args.json:
         cdn_calls = {name: region.cdn.purger.calls for name, region in config.regions.items()
                      if region.cdn is not None}

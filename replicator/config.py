@@ -18,7 +18,7 @@ import yaml
 
 import drivers
 import drivers.cdn as cdn_drivers
-from drivers.base import StorageDriver
+from drivers.base import RequestCounter, StorageDriver
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
 
@@ -83,9 +83,19 @@ class Cdn:
 
 @dataclass(frozen=True)
 class Region:
+    """A region: Distribution storage (``storage``) or an OCI registry's HTTP API
+    (``registry``, a policy's source only), exactly one of them; behind a CDN or not."""
+
     name: str
-    storage: StorageDriver
+    storage: StorageDriver | None
     cdn: Cdn | None = None
+    registry: object | None = None
+    """A ``drivers.registry.RegistryClient``."""
+
+    @property
+    def requests(self) -> RequestCounter:
+        """The requests sent to the region, by kind."""
+        return (self.storage or self.registry).requests
 
 
 @dataclass(frozen=True)
@@ -214,16 +224,28 @@ def _regions(value: object) -> dict[str, Region]:
     regions = {}
     for name, block in _mapping(value, "regions").items():
         field = f"regions.{name}"
-        region = _mapping(block, field, {"storage", "cdn"})
-        if "storage" not in region:
-            raise ConfigError(f"{field}.storage", "is required")
+        region = _mapping(block, field, {"storage", "registry", "cdn"})
+        if ("storage" in region) == ("registry" in region):
+            raise ConfigError(f"{field}.storage", "is required (or, instead, a registry block)")
+        cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
+        if "registry" in region:
+            regions[str(name)] = Region(str(name), None, cdn, _registry(region["registry"],
+                                                                        f"{field}.registry"))
+            continue
         try:
             storage = drivers.open_storage(region["storage"])
         except ConfigError as error:
             raise error.under(f"{field}.storage") from None
-        cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
         regions[str(name)] = Region(str(name), storage, cdn)
     return regions
+
+
+def _registry(value: object, field: str):
+    from drivers.registry import RegistryClient
+    try:
+        return RegistryClient.from_config(_mapping(value, field))
+    except ConfigError as error:
+        raise error.under(field) from None
 
 
 def _cdn(value: object, field: str) -> Cdn:
@@ -264,6 +286,11 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
             raise ConfigError(f"{field}.destinations", "must be a non-empty list of regions")
         destinations = tuple(_region_name(item, f"{field}.destinations[{position}]", regions)
                              for position, item in enumerate(raw_destinations))
+        for position, destination in enumerate(destinations):
+            if regions[destination].registry is not None:
+                raise ConfigError(f"{field}.destinations[{position}]",
+                                  f"region {destination!r} is a registry: a registry region can "
+                                  f"be a policy's source, not yet a destination")
         if source in destinations:
             raise ConfigError(f"{field}.destinations", f"includes the source region {source!r}")
         if len(set(destinations)) != len(destinations):

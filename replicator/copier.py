@@ -1,7 +1,7 @@
 """Copying blobs and manifests into a destination: verified, each digest once per pass.
 
 A blob is streamed through the replicator and hashed on the way, or copied by the destination
-from the source itself (:meth:`~replicator.endpoints.base.Endpoint.copy_ability`) as the run's
+from the source itself (:meth:`~replicator.endpoints.base.Destination.copy_ability`) as the run's
 ``server_side_copy`` mode allows:
 
 - ``verified``: only where the provider's answer carries the SHA-256 of the bytes it stored;
@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.errors import AccessDenied, NotFound
 from drivers.retry import pause
-from replicator.endpoints.base import Endpoint
+from replicator.endpoints.base import Destination, Endpoint
 from replicator.errors import ReplicationError
 from replicator.gate import Gate
 from replicator.manifests import Descriptor, Manifest
@@ -52,7 +52,7 @@ class BlobCopier:
     copies off for the rest of the copier's pass (that blob and every later one stream).
     """
 
-    def __init__(self, source: Endpoint, destination: Endpoint, pool: ThreadPoolExecutor,
+    def __init__(self, source: Endpoint, destination: Destination, pool: ThreadPoolExecutor,
                  report: PassReport, gate: Gate, server_side: str = "verified"):
         if server_side not in SERVER_SIDE_MODES:
             raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")

@@ -31,9 +31,9 @@ from replicator import layout
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier
 from replicator.endpoints import Endpoint, endpoint_for
-from replicator.endpoints.base import Snapshot
+from replicator.endpoints.base import Selection, Snapshot
 from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
-from replicator.filters import policy_selects
+from replicator.filters import policy_selects, selected
 from replicator.gate import Gate
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
@@ -368,7 +368,9 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     started = time.time()
     source_endpoint = endpoint_for(config.regions[policy.source])
     try:
-        snapshot = source_endpoint.snapshot(repository, state, options.audit)
+        snapshot = source_endpoint.snapshot(repository, state, options.audit, Selection(
+            lambda name: selected(policy.repositories, name) and options.shard.owns(name),
+            lambda name, tag: policy_selects(policy, name, tag)))
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in policy.destinations]

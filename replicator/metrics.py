@@ -126,6 +126,6 @@ class _RequestCollector:
         family = CounterMetricFamily("replicator_storage_requests", "Storage API requests sent, by "
                                      "region and kind.", labels=("region", "op"))
         for name, region in self.config.regions.items():
-            for op, count in region.storage.requests.snapshot().items():
+            for op, count in region.requests.snapshot().items():
                 family.add_metric([name, op], count)
         yield family

@@ -15,9 +15,9 @@ from drivers.base import UNKNOWN_SIZE, ObjectTooLarge
 from drivers.errors import NotFound
 from replicator import layout
 from replicator.config import Config, Policy
-from replicator.endpoints import Endpoint, endpoint_for
-from replicator.endpoints.base import Snapshot
-from replicator.filters import policy_selects
+from replicator.endpoints import Destination, Endpoint, endpoint_for
+from replicator.endpoints.base import DestinationSnapshot, Selection
+from replicator.filters import policy_selects, selected
 from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
 from replicator.planner import is_foreign
 
@@ -49,7 +49,7 @@ class VerifyResult:
     drift: list[Drift] = field(default_factory=list)
 
 
-def verify(source: Endpoint, destination: Endpoint, tags: list[tuple[str, str]],
+def verify(source: Endpoint, destination: Destination, tags: list[tuple[str, str]],
            deep: bool = False) -> VerifyResult:
     """Verify ``tags`` (repository, tag) of ``source`` at ``destination``.
 
@@ -63,7 +63,7 @@ def verify(source: Endpoint, destination: Endpoint, tags: list[tuple[str, str]],
 
 
 class _Checker:
-    def __init__(self, destination: Endpoint, held: Snapshot, deep: bool):
+    def __init__(self, destination: Destination, held: DestinationSnapshot, deep: bool):
         self.destination = destination
         self.held = held
         self.deep = deep
@@ -141,7 +141,9 @@ class _Checker:
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
     """Verify every tag ``policy`` selects at the source, in each destination."""
     source = endpoint_for(config.regions[policy.source])
-    tags = sorted(key for key in source.snapshot(None, None, audit=True).tags
+    wanted = Selection(lambda name: selected(policy.repositories, name),
+                       lambda name, tag: policy_selects(policy, name, tag))
+    tags = sorted(key for key in source.snapshot(None, None, True, wanted).tags
                   if policy_selects(policy, *key))
     results = []
     for name in policy.destinations:

@@ -245,15 +245,19 @@ class StateStore:
         """Make ``pending`` ((repository, tag) -> since) the policy's pending set for the
         destination, as a pass that listed the source at ``started`` saw it: the whole set, or
         only ``repository``'s part. Rows noted after ``started`` (events that arrived while the
-        pass ran) are kept: the pass may not have seen their change."""
+        pass ran) are kept: the pass may not have seen their change. A tag still pending keeps
+        the earliest time it was pending since (the oldest change not yet visible)."""
         scope = "policy = ? and destination = ? and noted < ?" + (" and repository = ?" if repository else "")
         params = [policy, destination, started] + ([repository] if repository else [])
         with self._lock, self.db.conn:
+            earlier = {(row[0], row[1]): row[2] for row in self.db.execute(
+                f"select repository, tag, since from pending where {scope}", params)}
             self.db.execute(f"delete from pending where {scope}", params)
             self.db.conn.executemany(
                 "insert into pending (policy, destination, repository, tag, since, noted) "
                 "values (?, ?, ?, ?, ?, ?) on conflict do update set since = min(since, excluded.since)",
-                [(policy, destination, name, tag, since, started) for (name, tag), since in pending.items()])
+                [(policy, destination, name, tag, min(since, earlier.get((name, tag), since)), started)
+                 for (name, tag), since in pending.items()])
 
     def add_pending(self, policy: str, destination: str, repository: str, tag: str,
                     since: float) -> None:

@@ -5,13 +5,17 @@ stores, and how, is its endpoint's business. A region's endpoint is built from i
 configuration by :func:`endpoint_for`.
 """
 
-from replicator.endpoints.base import Capabilities, Endpoint, TagEntry
+from replicator.endpoints.base import Capabilities, Destination, Endpoint, TagEntry
 from replicator.endpoints.storage import StorageEndpoint
 
 
 def endpoint_for(region) -> Endpoint:
-    """The endpoint of a configured region (today: Distribution storage over its driver)."""
+    """The endpoint of a configured region: Distribution storage over its driver, or a
+    registry over its HTTP API (a :class:`Destination` only for storage)."""
+    if region.registry is not None:
+        from replicator.endpoints.registry import RegistryEndpoint
+        return RegistryEndpoint(region.name, region.registry)
     return StorageEndpoint(region.name, region.storage)
 
 
-__all__ = ["Capabilities", "Endpoint", "StorageEndpoint", "TagEntry", "endpoint_for"]
+__all__ = ["Capabilities", "Destination", "Endpoint", "StorageEndpoint", "TagEntry", "endpoint_for"]

@@ -21,7 +21,7 @@ caller's to judge.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from drivers.base import ChunkedWriter, ObjectInfo, RequestCounter
@@ -31,6 +31,14 @@ from replicator.planner import TagPlan
 TagEntry = ObjectInfo
 """A tag as a listing shows it: ``etag`` changes whenever the tag may have moved, ``mtime`` is
 when it last did (for lag)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which repositories and tags a caller wants from a snapshot."""
+
+    repository: Callable[[str], bool]
+    tag: Callable[[str, str], bool]
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,9 @@ class Capabilities:
 
 
 class Snapshot(ABC):
-    """What one listing of an endpoint showed, plus what the pass learnt or wrote since.
+    """What one listing of an endpoint showed: its tags, for a pass that reads from it.
 
-    Thread-safe for the calls a pass makes concurrently (``tag_digest``, ``holdings``,
-    ``plan``, ``apply``).
+    Thread-safe for the calls a pass makes concurrently.
     """
 
     tags: Mapping[tuple[str, str], TagEntry]
@@ -60,6 +67,11 @@ class Snapshot(ABC):
         """The digest the tag points at, ``None`` if the snapshot has no such tag. Reads the
         tag only when the listing shows it may have changed since the state store last saw it.
         Raises ``StorageError``, or ``LayoutError`` for a junk tag."""
+
+
+class DestinationSnapshot(Snapshot):
+    """A snapshot of an endpoint a pass writes to, plus what the pass learnt or wrote since.
+    Thread-safe for ``tag_digest``, ``holdings``, ``plan``, ``made`` and ``apply``."""
 
     @abstractmethod
     def holdings(self, digests: Iterable[str]) -> Mapping[str, int]:
@@ -120,7 +132,7 @@ class Snapshot(ABC):
 
 
 class Endpoint(ABC):
-    """One region: repositories, tags, manifests and blobs."""
+    """One region a pass reads from: repositories, tags, manifests and blobs."""
 
     name: str
     capabilities: Capabilities
@@ -133,9 +145,12 @@ class Endpoint(ABC):
         """A human-readable location; never contains secrets."""
 
     @abstractmethod
-    def snapshot(self, repository: str | None, state, audit: bool) -> Snapshot:
+    def snapshot(self, repository: str | None, state, audit: bool,
+                 wanted: Selection | None = None) -> Snapshot:
         """List the endpoint (or one repository of it). ``state`` is the state store holding
-        the tags last seen; ``audit`` trusts none of it. Raises ``StorageError``."""
+        the tags last seen (``None``: nothing cached); ``audit`` trusts none of it. ``wanted``
+        may leave out what the caller will not use, where that saves requests (an endpoint
+        whose listing shows everything anyway may ignore it). Raises ``StorageError``."""
 
     @abstractmethod
     def tag_read(self, name: str, tag: str) -> str:
@@ -152,10 +167,6 @@ class Endpoint(ABC):
         ``limit``."""
 
     @abstractmethod
-    def manifest_write(self, name: str, manifest: Manifest) -> None:
-        """Store a checked manifest's bytes (invisible until a step refers to them)."""
-
-    @abstractmethod
     def blob_size(self, name: str, digest: str) -> int:
         """The blob's size. Raises ``NotFound``."""
 
@@ -163,6 +174,20 @@ class Endpoint(ABC):
     def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
         """The blob's bytes in chunks, resumed where a stream broke. Raises ``NotFound``
         before yielding anything."""
+
+
+
+class Destination(Endpoint):
+    """An endpoint a pass also writes to."""
+
+    @abstractmethod
+    def snapshot(self, repository: str | None, state, audit: bool,
+                 wanted: Selection | None = None) -> DestinationSnapshot:
+        """As :meth:`Endpoint.snapshot`, with what a pass writing here needs."""
+
+    @abstractmethod
+    def manifest_write(self, name: str, manifest: Manifest) -> None:
+        """Store a checked manifest's bytes (invisible until a step refers to them)."""
 
     @abstractmethod
     def blob_writer(self, name: str, digest: str) -> ChunkedWriter:

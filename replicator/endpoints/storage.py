@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from drivers.base import ChunkedWriter, HashedServerSideCopy, ServerSideCopy, StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
-from replicator.endpoints.base import Capabilities, Endpoint, Snapshot
+from replicator.endpoints.base import (Capabilities, Destination, DestinationSnapshot, Endpoint,
+                                       Selection)
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
 from replicator.manifests import Manifest
@@ -28,7 +29,7 @@ def _listing_prefix(repository: str | None) -> str:
     return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
 
 
-class StorageEndpoint(Endpoint):
+class StorageEndpoint(Destination):
     """A region's Distribution storage, through ``storage`` (its driver)."""
 
     capabilities = Capabilities(listing_detects_changes=True, server_side_copy=True,
@@ -43,7 +44,8 @@ class StorageEndpoint(Endpoint):
     def describe(self) -> str:
         return self.storage.describe()
 
-    def snapshot(self, repository: str | None, state, audit: bool) -> StorageSnapshot:
+    def snapshot(self, repository: str | None, state, audit: bool,
+                 wanted: Selection | None = None) -> StorageSnapshot:
         inventory = Inventory().add(self.storage.list(_listing_prefix(repository)), repository)
         return StorageSnapshot(self, inventory, TagLinks(self.name, self.storage, inventory, state,
                                                          audit), repository)
@@ -93,7 +95,7 @@ class StorageEndpoint(Endpoint):
         return self.storage.sweep_abandoned_uploads(layout.BLOBS_PREFIX, older_than)
 
 
-class StorageSnapshot(Snapshot):
+class StorageSnapshot(DestinationSnapshot):
     """One listing of a storage endpoint: its :class:`~replicator.inventory.Inventory`."""
 
     def __init__(self, endpoint: StorageEndpoint, inventory: Inventory, links: TagLinks,
