@@ -241,7 +241,7 @@ def missing_keys(store: Store, repository: str, tag: str, image: Image) -> list[
 
 def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
                    auth: dict | None = None, tls: dict | None = None,
-                   redirect: bool = False) -> Service:
+                   redirect: bool = False, delete: bool = True) -> Service:
     """Start ``docker-registry serve`` on a free loopback port over ``storage``.
 
     No ``cache:`` is configured, so the registry keeps no blob descriptor cache: what it serves
@@ -249,10 +249,11 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
     because /v2/ answers 200 without ever touching storage. ``auth`` is the registry's ``auth``
     block and ``tls`` its ``http.tls`` block (``tests.registry_auth`` makes both); with either,
     any answer to the catalog counts as ready, and with ``tls`` the service's ``url`` is https.
-    Blob GETs stay on the registry unless ``redirect`` (then a 307 to the storage's URL).
+    Blob GETs stay on the registry unless ``redirect`` (then a 307 to the storage's URL);
+    manifest deletes are enabled unless ``delete`` is false.
     """
     port = free_port()
-    storage = {**storage, "redirect": {"disable": not redirect}, "delete": {"enabled": True}}
+    storage = {**storage, "redirect": {"disable": not redirect}, "delete": {"enabled": delete}}
     if readonly:
         storage["maintenance"] = {"readonly": {"enabled": True}}
     config = {

@@ -9,7 +9,6 @@ It answers 401 to unknown users and wrong passwords and counts the tokens it iss
 from __future__ import annotations
 
 import base64
-import crypt
 import datetime
 import json
 import threading
@@ -21,6 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -93,7 +93,7 @@ def tls_section(files: TLSFiles) -> dict:
 def write_htpasswd(path: Path, users: dict[str, str]) -> dict:
     """An htpasswd file of bcrypt hashes (cost 4: the registry checks one per request);
     returns the registry's ``auth`` block for it."""
-    lines = [f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}"
+    lines = [f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}"
              for user, password in users.items()]
     path.write_text("\n".join(lines) + "\n")
     return {"htpasswd": {"realm": "test-realm", "path": str(path)}}

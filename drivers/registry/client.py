@@ -131,7 +131,7 @@ def error_for(response: httpx.Response, where: str, secrets: list[str] = ()) -> 
     if status == 401:
         return AccessDenied(message)
     if status == 405:
-        return Unsupported(message)
+        return Unsupported(f"{message} (the registry does not offer this operation)")
     if status in (408, 429) or status >= 500:
         return TransientError(message, retry_after(response.headers.get("Retry-After")))
     return StorageError(message)
