@@ -3,7 +3,8 @@ htpasswd file, and a small token server signing RS256 JWTs that Distribution 2.8
 
 The token server grants what a ``grants`` table allows: user -> {resource name -> actions}, where
 a resource is a repository name or ``"catalog"`` (``{"type": "registry", "name": "catalog"}``).
-It answers 401 to unknown users and wrong passwords and counts the tokens it issued.
+It answers 401 to unknown users and wrong passwords and counts the tokens it issued; it can
+issue tokens the registry refuses although their answer promises them a long life (``valid_for``).
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class TokenServer:
         self.bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         self.issued = 0
         self.refused = 0
+        self.valid_for = TOKEN_LIFETIME
+        """Seconds from now to a token's ``exp`` (negative: issued already expired, past the
+        registry's minute of leeway); ``expires_in`` always says ``TOKEN_LIFETIME``."""
         self._lock = threading.Lock()
         server = self
 
@@ -182,7 +186,7 @@ class TokenServer:
             if granted:
                 access.append({"type": kind, "name": resource, "actions": granted})
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + TOKEN_LIFETIME,
+        claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + self.valid_for,
                   "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from drivers.registry.tag import next_page
 from replicator import sample_images as si
 from tests import registry as reg
 from tests.faults import REGISTRY, FaultProxy
-from tests.registry_auth import TokenServer, make_tls, tls_section, write_htpasswd
+from tests.registry_auth import TOKEN_LIFETIME, TokenServer, make_tls, tls_section, write_htpasswd
 
 MIB = 1024 * 1024
 PASSWORD = "s3cret-Passw0rd-for-tests"
@@ -188,6 +189,20 @@ def test_token_auth_reads_writes_mounts_and_caches_tokens(token_registry, tmp_pa
         stranger.manifest_head("org/base", "v1")
     assert WRONG not in str(raised.value) and PASSWORD not in str(raised.value)
     assert tokens.refused == refused + 1
+
+
+def test_a_refused_token_is_renewed_once(token_registry):
+    service, tokens = token_registry
+    client = RegistryClient.from_config({"url": service.url, "username": "alice", "password": PASSWORD})
+    tokens.valid_for = -120
+    with pytest.raises(AccessDenied):     # the challenge, then a token the registry refuses
+        client.manifest_head("org/app", "v1")
+    assert counts(client) == {"head": 2} and client.token_requests == 1
+    tokens.valid_for = TOKEN_LIFETIME
+    assert client.manifest_head("org/app", "v1") is None   # cached token refused, renewed once
+    assert counts(client) == {"head": 4} and client.token_requests == 2
+    assert client.manifest_head("org/app", "v2") is None   # the renewed token, cached
+    assert counts(client) == {"head": 5} and client.token_requests == 2
 
 
 # --- reading what skopeo pushed --------------------------------------------------------------
@@ -369,6 +384,14 @@ def test_an_upload_from_an_iterable_that_cannot_restart_cancels_its_session(regi
     assert dict(proxy.requests) == counts(client) == {"put": 4, "head": 1, "delete": 1}
     assert RegistryClient.from_config({"url": registry.url}).blob_head("iterable/app",
                                                                        digest_of(data)) is None
+
+
+def test_requests_per_second_spaces_the_requests_to_a_host(registry):
+    client = RegistryClient.from_config({"url": registry.url, "requests_per_second": 5})
+    start = time.monotonic()
+    for n in range(6):
+        assert client.manifest_head("paced/app", f"v{n}") is None
+    assert time.monotonic() - start >= 5 / 5 and counts(client) == {"head": 6}
 
 
 def test_throttling_is_waited_out_per_host(registry, tmp_path):

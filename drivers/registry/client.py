@@ -241,24 +241,28 @@ class Session:
         could not be had. A ``stream`` answer must be closed by the caller.
         """
         ours = urlsplit(url).netloc == self._netloc
-        where = self.where(method, url)
-        for attempt in (1, 2):
-            sent = dict(headers or {})
-            if ours:
-                sent.update(self._credentials.header(scopes))
-            request = self._http.build_request(method, url, headers=sent, content=content,
-                                               params=params)
-            host = self._host(url)
-            host.wait()
-            self.requests.add(kind)
-            with self.translating(where):
-                response = self._http.send(request, stream=stream)
-            host.record(response)
-            if response.status_code != 401 or not ours or attempt == 2 \
-                    or not self._credentials.challenge(response, scopes):
-                return response
+        response = self._send_once(method, url, kind, scopes if ours else None, headers, content,
+                                   params, stream)
+        if response.status_code == 401 and ours and self._credentials.challenge(response, scopes):
             response.close()
-        raise AssertionError("unreachable")
+            response = self._send_once(method, url, kind, scopes, headers, content, params, stream)
+        return response
+
+    def _send_once(self, method: str, url: str, kind: str, scopes: tuple[str, ...] | None,
+                   headers: dict[str, str] | None, content: bytes | None,
+                   params: dict[str, str] | None, stream: bool) -> httpx.Response:
+        """One request; ``scopes`` ``None`` sends no ``Authorization``."""
+        sent = dict(headers or {})
+        if scopes is not None:
+            sent.update(self._credentials.header(scopes))
+        request = self._http.build_request(method, url, headers=sent, content=content, params=params)
+        host = self._host(url)
+        host.wait()
+        self.requests.add(kind)
+        with self.translating(self.where(method, url)):
+            response = self._http.send(request, stream=stream)
+        host.record(response)
+        return response
 
     def call(self, method: str, url: str, *, kind: str, scopes: tuple[str, ...] = (),
              statuses: tuple[int, ...] = (200,), **options) -> httpx.Response:
