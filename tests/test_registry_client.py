@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def fresh_image(*, oci: bool = True, layer_size: int = 2000) -> si.Image:
-    return si.image([si.layer({"random": os.urandom(layer_size)}, oci=oci)], oci=oci)
+def fresh_image(*, oci: bool = True, layer_size: int = 2000, rng: random.Random | None = None) -> si.Image:
+    """An image of one layer of random bytes (from ``rng``, when given, for repeatable digests)."""
+    content = rng.randbytes(layer_size) if rng else os.urandom(layer_size)
+    return si.image([si.layer({"random": content}, oci=oci)], oci=oci)
 
 
 def counts(client: RegistryClient) -> dict[str, int]:
@@ -395,10 +398,13 @@ def test_requests_per_second_spaces_the_requests_to_a_host(registry):
 
 
 def test_throttling_is_waited_out_per_host(registry, tmp_path):
+    """Repeatable: the images' digests, and so the requests and the faults they draw, are the
+    same in every run (the registry is new, so nothing is there before)."""
+    rng = random.Random(7)
     with FaultProxy(registry.url, seed=7, rate=0.3, faults=["throttle", "error503"],
                     protocol=REGISTRY) as proxy:
         client = RegistryClient.from_config({"url": proxy.url, "chunksize": 64 * 1024})
-        images = [fresh_image(layer_size=200_000) for _ in range(2)]
+        images = [fresh_image(layer_size=200_000, rng=rng) for _ in range(2)]
         for n, image in enumerate(images):
             push_image(client, "throttled/app", f"v{n}", image)
         for n, image in enumerate(images):

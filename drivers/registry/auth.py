@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
-from drivers.errors import AccessDenied, StorageError, TransientError
+from drivers.errors import TransientError
 
 DEFAULT_TOKEN_LIFETIME = 60
 """Seconds a token lives when its answer gives no ``expires_in`` (the Docker token spec's)."""
@@ -35,8 +35,8 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class Credentials:
     """What the client sends as ``Authorization`` to its registry; thread-safe.
 
-    ``fetch(url, params, headers)`` sends one token request and returns its answer; errors it
-    raises pass through :meth:`header`.
+    ``fetch(url, params, headers)`` sends one token request and returns its 200 answer, or
+    raises the error of :func:`drivers.registry.client.error_for`, which :meth:`header` passes on.
     """
 
     def __init__(self, username: str | None, password: str | None,
@@ -65,7 +65,7 @@ class Credentials:
         """The ``Authorization`` header for a request needing ``scopes`` (may be empty).
 
         Raises ``AccessDenied`` when the realm refuses the credentials, ``TransientError``
-        when it fails or answers without a token.
+        when it fails or answers without a token, ``StorageError`` for its other errors.
         """
         with self._lock:
             scheme = self._scheme
@@ -106,12 +106,6 @@ class Credentials:
         with self._lock:
             self.token_requests += 1
         response = self._fetch(realm, params, headers)
-        if response.status_code in (401, 403):
-            raise AccessDenied(f"the token realm refused the credentials (HTTP {response.status_code})")
-        if response.status_code != 200:
-            error = TransientError if response.status_code in (408, 429) or \
-                response.status_code >= 500 else StorageError
-            raise error(f"the token realm answered HTTP {response.status_code}")
         try:
             answer = response.json()
             token = answer.get("token") or answer.get("access_token")
@@ -120,6 +114,8 @@ class Credentials:
             token = None
         if not isinstance(token, str) or not token:
             raise TransientError("the token realm answered without a token")
+        now = time.monotonic()
         with self._lock:
-            self._tokens[key] = (token, time.monotonic() + max(lifetime - 10, lifetime / 2))
+            self._tokens = {name: entry for name, entry in self._tokens.items() if entry[1] > now}
+            self._tokens[key] = (token, now + max(lifetime - 10, lifetime / 2))
         return token

@@ -58,8 +58,9 @@ class _Source:
 
 
 def _offset(response: httpx.Response) -> int | None:
-    """The bytes a session holds, from ``Range: 0-<last>`` (``0-0``: none)."""
-    first, _, last = response.headers.get("Range", "").partition("-")
+    """The bytes a session holds, from ``Range: 0-<last>`` (``0-0``: none; Distribution
+    says ``0-0`` for an empty session, so a 1-byte one reads as empty)."""
+    first, _, last = response.headers.get("Range", "").removeprefix("bytes=").partition("-")
     if first.strip() != "0" or not last.strip().isdecimal():
         return None
     return int(last) + 1 if int(last) else 0

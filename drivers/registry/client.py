@@ -289,9 +289,11 @@ class Session:
 
     def _fetch_token(self, realm: str, params: list[tuple[str, str]],
                      headers: dict[str, str]) -> httpx.Response:
+        parts = urlsplit(realm)
+        where = f"{self.describe()}: token request GET {parts.netloc}{parts.path}"
         host = self._host(realm)
         host.wait()
-        with self.translating(f"{self.describe()}: token request to {urlsplit(realm).netloc}"):
+        with self.translating(where):
             response = self._http.get(realm, params=params, headers=headers)
         host.record(response)
-        return response
+        return self.expect(response, (200,), where)
