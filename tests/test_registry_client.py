@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError
 from drivers.registry import CatalogUnavailable, RegistryClient, Unsupported
+from drivers.registry.blob import _Source
 from drivers.registry.tag import next_page
 from replicator import sample_images as si
 from tests import registry as reg
@@ -112,6 +114,20 @@ def test_link_paging_follows_rel_next():
     response = httpx.Response(200, headers={"Link": '<https://o.invalid/x?n=1>; rel="next"'},
                               request=httpx.Request("GET", "http://registry.invalid/v2/_catalog"))
     assert next_page(response) == "https://o.invalid/x?n=1"
+
+
+def test_upload_source_rereads_only_the_chunk_in_hand_unless_it_can_reopen():
+    data = bytes(range(256)) * 40
+    pieces = _Source(data[start:start + 1000] for start in range(0, len(data), 1000))
+    assert pieces.read(0, 1500) == data[:1500]
+    assert pieces.read(1000, 1500) == data[1000:2500]   # still in hand: sent again
+    with pytest.raises(StorageError, match="cannot read the blob again") as raised:
+        pieces.read(0, 10)
+    assert not raised.value.retryable
+    opened = []
+    reopening = _Source(lambda offset: opened.append(offset) or [data[offset:]])
+    assert reopening.read(0, 1000) == data[:1000] and reopening.read(9000, 5000) == data[9000:]
+    assert reopening.read(10, 5) == data[10:15] and opened == [0, 10]
 
 
 # --- authentication and TLS ------------------------------------------------------------------
@@ -395,6 +411,24 @@ def test_requests_per_second_spaces_the_requests_to_a_host(registry):
     for n in range(6):
         assert client.manifest_head("paced/app", f"v{n}") is None
     assert time.monotonic() - start >= 5 / 5 and counts(client) == {"head": 6}
+
+
+def test_a_429_holds_back_every_request_to_the_host(registry):
+    """A 429 to one request (in a thread) makes another request, sent meanwhile for something
+    else, wait out the ``Retry-After`` too."""
+    with FaultProxy(registry.url, rate=1.0, faults=["throttle"], limit=1, protocol=REGISTRY,
+                    where=lambda request: "/first/" in request.path) as proxy:
+        client = RegistryClient.from_config({"url": proxy.url})
+        first = threading.Thread(target=client.manifest_head, args=("first/app", "v1"))
+        first.start()
+        while not proxy.faults:
+            time.sleep(0.005)
+        assert client.manifest_head("second/app", "v1") is None
+        first.join()
+    throttled = next(event for event in proxy.events if event.fault == "throttle")
+    second = next(event for event in proxy.events if "/second/" in event.target)
+    assert second.at - throttled.at >= 1.0
+    assert counts(client) == {"head": 3}
 
 
 def test_throttling_is_waited_out_per_host(registry, tmp_path):
