@@ -247,8 +247,8 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
     No ``cache:`` is configured, so the registry keeps no blob descriptor cache: what it serves
     is what its storage holds at that moment. Readiness is GET /v2/ and then GET /v2/_catalog,
     because /v2/ answers 200 without ever touching storage. ``auth`` is the registry's ``auth``
-    block and ``tls`` its ``http.tls`` block (``tests.registry_auth`` makes both); with either,
-    any answer to the catalog counts as ready, and with ``tls`` the service's ``url`` is https.
+    block and ``tls`` its ``http.tls`` block (``tests.registry_auth`` makes both); with ``auth``
+    a 401 from the catalog counts as ready, and with ``tls`` the service's ``url`` is https.
     Blob GETs stay on the registry unless ``redirect`` (then a 307 to the storage's URL);
     manifest deletes are enabled unless ``delete`` is false.
     """
@@ -279,15 +279,11 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
         with urllib.request.urlopen(service.url + "/v2/_catalog?n=1", timeout=30,
                                     context=context) as response:
             response.read()
-    except urllib.error.HTTPError as error:
-        if not (auth or tls) or error.code != 401:
-            service.stop()
-            raise RuntimeError(f"registry on {service.url} answers {error.code}: {service.log()}") \
-                from error
     except (urllib.error.URLError, OSError) as error:
-        service.stop()
-        raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
-                           f"{service.log()}") from error
+        if not (auth and isinstance(error, urllib.error.HTTPError) and error.code == 401):
+            service.stop()
+            raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
+                               f"{service.log()}") from error
     return service
 
 
