@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from drivers.errors import (AccessDenied, InvalidKey, NotFound, PreconditionFailed, StorageError,
                             TransientError)
-from drivers.retry import ATTEMPTS, pause
+from drivers.retry import after_failure
 
 REQUEST_KINDS = ("list", "get", "head", "put", "copy", "delete")
 
@@ -136,6 +136,22 @@ def error_for_status(status: int | None, message: str) -> StorageError:
     if status in (408, 429) or (status or 0) >= 500:
         return TransientError(message)
     return StorageError(message)
+
+
+def resumed(read_range: Callable[[int], Iterator[bytes]], offset: int = 0) -> Iterator[bytes]:
+    """Yield what ``read_range(offset)`` yields; when it breaks with a retryable error, go on
+    with ``read_range`` from the byte where it broke, up to the retry policy's number of
+    consecutive failures (:data:`drivers.retry.ATTEMPTS`), pausing its back-off between them."""
+    failures = 0
+    while True:
+        try:
+            for chunk in read_range(offset):
+                offset += len(chunk)
+                failures = 0
+                yield chunk
+            return
+        except StorageError as error:
+            failures = after_failure(error, failures)
 
 
 class ChunkedWriter(ABC):
@@ -266,19 +282,7 @@ class StorageDriver(ABC):
         anything if the key does not exist.
         """
         check_key(key)
-        failures = 0
-        while True:
-            try:
-                for chunk in self._read_range(key, offset):
-                    offset += len(chunk)
-                    failures = 0
-                    yield chunk
-                return
-            except StorageError as error:
-                failures += 1
-                if not error.retryable or failures >= ATTEMPTS:
-                    raise
-                pause(failures)
+        yield from resumed(lambda start: self._read_range(key, start), offset)
 
 
 class ServerSideCopy(ABC):

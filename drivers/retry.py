@@ -40,6 +40,17 @@ def retrying(call: Callable[[], T]) -> T:
     return _policy.copy()(call)
 
 
+def after_failure(error: StorageError, failures: int) -> int:
+    """Called in an ``except`` block with the ``failures`` so far: the count with this one,
+    after pausing its back-off. Raises ``error`` when it is not retryable or the attempts have
+    run out."""
+    failures += 1
+    if not is_retryable(error) or failures >= ATTEMPTS:
+        raise error
+    pause(failures)
+    return failures
+
+
 def pause(failures: int) -> None:
     """Sleep the back-off that follows the ``failures``-th consecutive failure (1-based)."""
     time.sleep(BACKOFF.delay(failures))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import tenacity
 
-import drivers.base
 import drivers.retry
 from tests.services import AZURITE_ACCOUNTS, Service, start_azurite, start_fake_gcs, start_moto
 from tests.swift_bed import SwiftBed, start_swift
@@ -48,4 +47,4 @@ def swift(tmp_path_factory) -> SwiftBed:
 def no_backoff(monkeypatch):
     """Retries without sleeping, for tests that run the retry policy to its end."""
     monkeypatch.setattr(drivers.retry, "_policy", drivers.retry._policy.copy(wait=tenacity.wait_none()))
-    monkeypatch.setattr(drivers.base, "pause", lambda failures: None)
+    monkeypatch.setattr(drivers.retry, "pause", lambda failures: None)

@@ -22,6 +22,14 @@ fault instead, chosen from ``faults``:
 After ``reset_body`` and ``truncate`` the upstream server has applied the request but the
 client never got its answer, as when a connection breaks on the way back.
 
+``throttle``    a 429 with ``Retry-After: 1``; the request is not forwarded. Not among the
+                default faults (name it)
+
+For a Distribution registry upstream, pass ``protocol=REGISTRY``: requests are then counted by
+kind as ``drivers.registry`` counts them, and upload session ids and state are left out of a
+request's identity (the proxy passes ``Host`` through, so the registry's absolute
+``Location`` URLs lead back to the proxy).
+
 Deterministic: whether the n-th occurrence of a request (method, path without the bucket,
 query without upload ids) gets a fault, which one and how it is cut, is a pure function of
 ``seed``, that request and n, whatever the interleaving of concurrent requests.
@@ -53,7 +61,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tests.services import LOOPBACK
 
 FAULTS = ("error500", "error503", "reset", "reset_body", "truncate", "latency")
-ALL_FAULTS = (*FAULTS, "cut_headers")
+ALL_FAULTS = (*FAULTS, "cut_headers", "throttle")
 KINDS = ("list", "get", "head", "put", "copy", "delete")
 LATENCY = (0.05, 0.2)
 _BUFFER = 64 * 1024
@@ -66,6 +74,10 @@ _ERRORS = {
     "error503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
 }
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
+_THROTTLE = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+             b"Content-Length: %d\r\n\r\n")
+_THROTTLE_BODY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}'
+_SESSION = re.compile(r"/blobs/uploads/[^/?]+")
 
 
 class HTTPFormatError(Exception):
@@ -116,6 +128,39 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How the proxy sees its upstream's requests: their kind and their identity."""
+
+    kind: Callable[[Request], str]
+    identity: Callable[[Request], str]
+
+
+S3 = Protocol(lambda request: request.kind, lambda request: request.identity)
+
+
+def registry_kind(request: Request) -> str:
+    """A registry request's kind, as ``drivers.registry`` counts it."""
+    path, query = request.path, request.query
+    if request.method == "HEAD":
+        return "head"
+    if request.method == "DELETE":
+        return "delete"
+    if request.method == "GET":
+        if path.endswith(("/_catalog", "/tags/list")):
+            return "list"
+        return "head" if "/blobs/uploads/" in path else "get"
+    return "copy" if "mount" in query else "put"
+
+
+def registry_identity(request: Request) -> str:
+    query = sorted((name, value) for name, value in request.query.items() if name != "_state")
+    return f"{request.method} {_SESSION.sub('/blobs/uploads/-', request.path)}?{query}"
+
+
+REGISTRY = Protocol(registry_kind, registry_identity)
+
+
+@dataclass(frozen=True)
 class Event:
     """A request the proxy handled and the fault it got (``None``: passed through)."""
 
@@ -124,6 +169,8 @@ class Event:
     method: str
     target: str
     range: str | None
+    at: float = 0.0
+    """When the proxy received the request (``time.monotonic()``)."""
 
 
 @dataclass
@@ -141,13 +188,14 @@ class FaultProxy:
     def __init__(self, upstream_url: str, *, seed: int = 0, rate: float = 0.0,
                  faults: Collection[str] = FAULTS, kinds: Collection[str] | None = None,
                  where: Callable[[Request], bool] | None = None, limit: int | None = None,
-                 latency: tuple[float, float] = LATENCY):
+                 latency: tuple[float, float] = LATENCY, protocol: Protocol = S3):
         unknown = set(faults) - set(ALL_FAULTS) or set(kinds or ()) - set(KINDS)
         if unknown or not faults or not 0 <= rate <= 1:
             raise ValueError(f"bad fault proxy settings: {sorted(unknown) or (faults, rate)}")
         upstream = urlsplit(upstream_url)
         self.upstream = (upstream.hostname, upstream.port or 80)
         self.seed, self.rate, self.limit, self.latency = seed, rate, limit, latency
+        self.protocol = protocol
         self.fault_kinds = tuple(faults)
         self.kinds = frozenset(kinds if kinds is not None else KINDS)
         self.where = where
@@ -241,11 +289,11 @@ class FaultProxy:
     def _decide(self, request: Request) -> tuple[str | None, random.Random]:
         """Count the request and draw its fault, if any."""
         with self._lock:
-            kind = request.kind
+            kind, identity = self.protocol.kind(request), self.protocol.identity(request)
             self.requests[kind] += 1
-            self._seen[request.identity] += 1
-            occurrence = self._seen[request.identity]
-            draw = f"{self.seed}\0{request.identity}\0{occurrence}"
+            self._seen[identity] += 1
+            occurrence = self._seen[identity]
+            draw = f"{self.seed}\0{identity}\0{occurrence}"
             rng = random.Random(hashlib.sha256(draw.encode()).digest())
             fault = None
             if (kind in self.kinds and (self.where is None or self.where(request))
@@ -254,7 +302,7 @@ class FaultProxy:
                 fault = rng.choice(self.fault_kinds)
                 self.faults[fault] += 1
             self.events.append(Event(kind, fault, request.method, request.target,
-                                     request.header("range")))
+                                     request.header("range"), time.monotonic()))
             return fault, rng
 
     def _handle(self, request: Request, client: socket.socket) -> bool:
@@ -262,6 +310,10 @@ class FaultProxy:
         fault, rng = self._decide(request)
         if fault in _ERRORS:
             client.sendall(_error_response(request, *_ERRORS[fault]))
+            return True
+        if fault == "throttle":
+            client.sendall(_THROTTLE % len(_THROTTLE_BODY)
+                           + (b"" if request.method == "HEAD" else _THROTTLE_BODY))
             return True
         if fault == "reset":
             _reset(client)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -266,29 +267,43 @@ def missing_keys(store: Store, repository: str, tag: str, image: Image) -> list[
 
 # --- the registry ---------------------------------------------------------------------------
 
-def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False) -> Service:
+def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
+                   auth: dict | None = None, tls: dict | None = None,
+                   redirect: bool = False, delete: bool = True) -> Service:
     """Start ``docker-registry serve`` on a free loopback port over ``storage``.
 
     No ``cache:`` is configured, so the registry keeps no blob descriptor cache: what it serves
     is what its storage holds at that moment. Readiness is GET /v2/ and then GET /v2/_catalog,
-    because /v2/ answers 200 without ever touching storage.
+    because /v2/ answers 200 without ever touching storage. ``auth`` is the registry's ``auth``
+    block and ``tls`` its ``http.tls`` block (``tests.registry_auth`` makes both); with ``auth``
+    a 401 from the catalog counts as ready, and with ``tls`` the service's ``url`` is https.
+    Blob GETs stay on the registry unless ``redirect`` (then a 307 to the storage's URL);
+    manifest deletes are enabled unless ``delete`` is false.
     """
     port = free_port()
-    config_path = _write_registry_config(storage, log_dir, port, readonly)
+    config_path = _write_registry_config(storage, log_dir, port, readonly, auth=auth, tls=tls,
+                                         redirect=redirect, delete=delete)
     service = Service("registry", [executable("docker-registry"), "serve", str(config_path)],
                       port, ready_path="/v2/", env=_registry_env(), log_dir=log_dir)
+    if tls:
+        service.url = service.url.replace("http://", "https://")
+    context = ssl._create_unverified_context() if tls else None
     try:
-        with urllib.request.urlopen(service.url + "/v2/_catalog?n=1", timeout=30) as response:
+        with urllib.request.urlopen(service.url + "/v2/_catalog?n=1", timeout=30,
+                                    context=context) as response:
             response.read()
     except (urllib.error.URLError, OSError) as error:
-        service.stop()
-        raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
-                           f"{service.log()}") from error
+        if not (auth and isinstance(error, urllib.error.HTTPError) and error.code == 401):
+            service.stop()
+            raise RuntimeError(f"registry on {service.url} cannot read its storage ({error}): "
+                               f"{service.log()}") from error
     return service
 
 
-def _write_registry_config(storage: dict, log_dir: Path, port: int, readonly: bool = False) -> Path:
-    storage = {**storage, "redirect": {"disable": True}, "delete": {"enabled": True}}
+def _write_registry_config(storage: dict, log_dir: Path, port: int, readonly: bool = False, *,
+                           auth: dict | None = None, tls: dict | None = None,
+                           redirect: bool = False, delete: bool = True) -> Path:
+    storage = {**storage, "redirect": {"disable": not redirect}, "delete": {"enabled": delete}}
     if readonly:
         storage["maintenance"] = {"readonly": {"enabled": True}}
     config = {
@@ -297,6 +312,10 @@ def _write_registry_config(storage: dict, log_dir: Path, port: int, readonly: bo
         "storage": storage,
         "http": {"addr": f"{LOOPBACK}:{port}", "secret": uuid.uuid4().hex},
     }
+    if auth:
+        config["auth"] = auth
+    if tls:
+        config["http"]["tls"] = tls
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = log_dir / f"registry-{port}.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -332,11 +351,13 @@ def _skopeo(*args: str) -> bytes:
     return result.stdout
 
 
-def push(registry_url: str, repository: str, tag: str, image: Image, workdir: Path) -> str:
+def push(registry_url: str, repository: str, tag: str, image: Image, workdir: Path, *,
+         creds: str | None = None) -> str:
     """Push ``image`` as ``repository:tag`` with skopeo, digests preserved; return its digest.
 
     OCI images go through an OCI layout; Docker-format ones through skopeo's ``dir:`` layout,
-    because skopeo's OCI layout source only finds OCI descriptors in index.json.
+    because skopeo's OCI layout source only finds OCI descriptors in index.json. ``creds``
+    (``user:password``) logs in to the registry.
     """
     workdir = workdir / f"push-{uuid.uuid4().hex[:8]}"
     if image.manifest.media_type.startswith("application/vnd.oci."):
@@ -344,8 +365,8 @@ def push(registry_url: str, repository: str, tag: str, image: Image, workdir: Pa
     else:
         source = f"dir:{write_dir_layout(workdir, image)}"
     _skopeo("copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
-            source, f"docker://{_host(registry_url)}/{repository}:{tag}")
-    served = manifest_digest(registry_url, repository, tag)
+            *_creds("--dest-creds", creds), source, f"docker://{_host(registry_url)}/{repository}:{tag}")
+    served = manifest_digest(registry_url, repository, tag, creds=creds)
     if served != image.digest:
         raise AssertionError(f"pushed {image.digest} as {repository}:{tag}, registry serves {served}")
     return served
@@ -359,18 +380,23 @@ def delete_manifest(registry_url: str, repository: str, digest: str) -> None:
         assert response.status == 202, response.status
 
 
-def raw_manifest(registry_url: str, repository: str, tag: str) -> bytes:
+def _creds(option: str, creds: str | None) -> tuple[str, ...]:
+    return (option, creds) if creds else ()
+
+
+def raw_manifest(registry_url: str, repository: str, tag: str, *, creds: str | None = None) -> bytes:
     """The exact manifest (or index) bytes the registry serves for ``repository:tag``."""
-    return _skopeo("inspect", "--raw", "--tls-verify=false",
+    return _skopeo("inspect", "--raw", "--tls-verify=false", *_creds("--creds", creds),
                    f"docker://{_host(registry_url)}/{repository}:{tag}")
 
 
-def manifest_digest(registry_url: str, repository: str, tag: str) -> str:
+def manifest_digest(registry_url: str, repository: str, tag: str, *, creds: str | None = None) -> str:
     """The digest of the top-level manifest (the index, for multi-arch) served for the tag."""
-    return digest_of(raw_manifest(registry_url, repository, tag))
+    return digest_of(raw_manifest(registry_url, repository, tag, creds=creds))
 
 
-def pull(registry_url: str, repository: str, tag: str, directory: Path) -> dict[str, int]:
+def pull(registry_url: str, repository: str, tag: str, directory: Path, *,
+         creds: str | None = None) -> dict[str, int]:
     """Pull every platform of ``repository:tag`` into ``directory``; return what arrived.
 
     The result maps digest -> size for every blob pulled, manifests and index children
@@ -379,5 +405,6 @@ def pull(registry_url: str, repository: str, tag: str, directory: Path) -> dict[
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     _skopeo("copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-            f"docker://{_host(registry_url)}/{repository}:{tag}", f"dir:{directory}")
+            *_creds("--src-creds", creds), f"docker://{_host(registry_url)}/{repository}:{tag}",
+            f"dir:{directory}")
     return read_dir_layout(directory)

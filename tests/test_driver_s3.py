@@ -7,7 +7,6 @@ import pytest
 import tenacity
 import urllib3.exceptions
 
-import drivers.base
 import drivers.retry
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.retry import ATTEMPTS
@@ -43,7 +42,7 @@ def config(moto, bucket):
 @pytest.fixture
 def no_backoff(monkeypatch):
     monkeypatch.setattr(drivers.retry, "_policy", drivers.retry._policy.copy(wait=tenacity.wait_none()))
-    monkeypatch.setattr(drivers.base, "pause", lambda failures: None)
+    monkeypatch.setattr(drivers.retry, "pause", lambda failures: None)
 
 
 class TestS3(DriverConformance):
