@@ -82,7 +82,7 @@ class RegistryEndpoint(Endpoint):
         return info.digest
 
     def probe(self) -> None:
-        self.client.ping()
+        self.client.call("GET", self.client.endpoint("/v2/"), kind="get")
 
     def manifest_read(self, name: str, digest: str, limit: int) -> bytes:
         data, _, _ = self.client.manifest_get(name, digest)
