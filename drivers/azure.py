@@ -210,13 +210,12 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
         self.chunk_size = chunk_size
         self.flavour, self.flavour_known = DEFAULT_FLAVOUR, False
         session = requests.Session()
-        session.verify = verify
         pool = requests.adapters.HTTPAdapter(pool_connections=max_connections,
                                              pool_maxsize=max_connections)
         for scheme in ("http://", "https://"):
             session.mount(scheme, pool)
         options = {"retry_total": 0, "raw_request_hook": self._count,
-                   "transport": RequestsTransport(session=session),
+                   "transport": RequestsTransport(session=session, connection_verify=verify),
                    "max_single_get_size": chunk_size, "max_chunk_get_size": chunk_size,
                    "max_block_size": chunk_size}
         if connection_string is not None:
