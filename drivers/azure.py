@@ -14,12 +14,15 @@ as the two Distribution versions name them (``registry/storage/driver/azure/azur
 Azure keeps ``/docker/x`` and ``docker/x`` as two blobs, and a prefix listing sees only its
 own form. Either version reads blobs of any type (``Reader``/``GetContent`` are ranged GETs),
 never overwrites blob data (its ``moveBlob`` and ``blobStore.Put`` skip existing blobs) and
-deletes any type, so every object written here is a block blob, atomically visible: 2.8's
-``PutContent`` writes block blobs; its ``Writer`` appends to an append blob that ``Move`` (Copy
+deletes any type, so every object written here is a block blob, atomically visible (a
+server-side copy keeps its source's type, as Copy Blob does): 2.8's ``PutContent`` writes block
+blobs; its ``Writer`` appends to an append blob that ``Move`` (Copy
 Blob) keeps; 3.x's ``PutContent`` and ``Writer`` both make append blobs. A blob of another type
 at a key being written (an append blob left by a registry) is deleted first where Azure
 refuses to change the type in place (409 ``InvalidBlobType``), as both versions' ``PutContent``
-do for their "legacy" type.
+do for their "legacy" type. (3.0.0 to 3.1.1 invert that test: their ``PutContent`` keeps a
+block blob and then fails to create an append blob over it, 409.) 2.8 creates its container at
+start, 3.x does not; neither does this driver.
 
 The SDK's retries are off (``retry_total=0``): each call is retried by
 :func:`drivers.retry.retrying`, and every HTTP request the SDK's pipeline sends is counted by
@@ -103,7 +106,7 @@ replicator neither moves nor appends, retries every request by its one policy
 ``copy_wait``: they are checked and otherwise have no effect."""
 
 LIMITS = {"chunksize": (MIB, None), "maxconcurrency": (1, None), "max_retries": (-1, None)}
-_GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+_GO_DURATION = re.compile(r"0|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 
 _BROKEN_CONNECTION = (ServiceRequestError, ServiceResponseError, IncompleteReadError,
                       requests.ConnectionError, ConnectionError, TimeoutError)

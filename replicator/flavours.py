@@ -1,8 +1,9 @@
 """Which layout flavour each region's storage holds, Distribution 2.8's or 3.x's, decided once.
 
 Only backends whose two versions name objects differently have flavours (drivers with
-:class:`~drivers.base.LayoutFlavours`: Azure, see :mod:`drivers.azure`); S3, GCS and filesystem
-name them alike in 2.8.3 and 3.1.x, and for them this module sends nothing. A region's flavour
+:class:`~drivers.base.LayoutFlavours`: Azure, see :mod:`drivers.azure`). S3 (``s3Path``:
+``TrimLeft(TrimRight(rootdirectory, "/") + path, "/")``), GCS (``pathToKey``) and filesystem
+(``fullPath``) name them alike in 2.8.3 and 3.1.x, and for them this module sends nothing. A region's flavour
 is, in order:
 
 1. its ``layout`` key in the configuration (no request);
@@ -86,8 +87,8 @@ def _decide(name: str, storage: StorageDriver, source: StorageDriver | None) -> 
 
 
 def _default(storage: LayoutFlavours, source: StorageDriver | None) -> str:
-    if storage.required_flavour():
-        return storage.required_flavour()
+    if required := storage.required_flavour():
+        return required
     if (isinstance(source, LayoutFlavours) and source.kind == storage.kind
             and source.flavour_known):
         return source.flavour
