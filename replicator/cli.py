@@ -181,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as error:
         state.close()
         raise ConfigError("server.listen", f"cannot listen: {error.strerror}") from None
-    stop = threading.Event()
+    stop = service.halted
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
@@ -194,6 +194,8 @@ def _serve(args: argparse.Namespace) -> int:
     server.shutdown()
     server.server_close()
     state.close()
+    if service.config_error is not None:
+        raise service.config_error
     return EXIT_OK
 
 

@@ -342,3 +342,33 @@ def test_a_second_account_copy_between_flavours_uses_each_ones_names(pushed, azu
     assert report.counts()["server_side_copies"] == len(UPLOADED)
     assert set(blob_types(destination)) == {blob_name("3", "", key) for key in pushed}
 
+
+
+def test_both_forms_found_by_a_later_serve_pass_exit_2(pushed, azurite, service, tmp_path):
+    """The region cannot be listed when serve starts (its container is missing), so the first
+    pass fails on it; once it holds both forms, the next scheduled pass ends the service."""
+    mixed = service.get_container_client(f"flavour-{uuid.uuid4().hex[:16]}")
+    doc = document(tmp_path, {
+        "mixed": {"storage": azure_storage(azurite, mixed)},
+        "local": {"storage": reg.filesystem_storage(tmp_path / "local")},
+    }, [("out", "mixed", "local")], server={"listen": f"127.0.0.1:{free_port()}"})
+    doc["policies"][0]["schedule"] = {"interval": "1s"}
+    path = tmp_path / "replicator.yml"
+    path.write_text(yaml.safe_dump(doc))
+    env = {key: value for key, value in os.environ.items() if key != "REPLICATOR_CONFIG"}
+    process = subprocess.Popen([sys.executable, "-m", "replicator", "serve", "--config", str(path)],
+                               stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
+    try:
+        for line in process.stderr:
+            if "pass of policy out into local failed" in line:
+                break
+        mixed.create_container()
+        lay_out(mixed, "2.8", "", pushed)
+        lay_out(mixed, "3", "", pushed)
+        assert process.wait(timeout=60) == 2
+        assert "configuration error: regions.mixed: " in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
