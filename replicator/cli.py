@@ -18,8 +18,9 @@ from pathlib import Path
 
 from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
-from replicator import demo, flavours, logs
+from replicator import demo, logs
 from replicator.engine import RunOptions, run_policy
+from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
@@ -172,7 +173,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    flavours.resolve_all(config)
+    resolve_all_flavours(config)
     shard = _shard(args)
     state = StateStore(config.state_path)
     service = Service(config, state, shard)

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 from drivers.base import ObjectInfo, ObjectTooLarge, StorageDriver
 from drivers.errors import NotFound, StorageError
-from replicator import flavours, layout
+from replicator import layout
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier, ReplicationError
 from replicator.filters import policy_selects
+from replicator.flavours import resolve_flavours
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
 from replicator.manifests import (
@@ -403,7 +404,7 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     Per-tag problems are in the reports (and the state store). Never raises ``StorageError``.
     """
     started = time.time()
-    flavours.resolve(config, policy)
+    resolve_flavours(config, policy)
     source_storage = config.regions[policy.source].storage
     try:
         inventory = Inventory().add(source_storage.list(_listing_prefix(repository)), repository)

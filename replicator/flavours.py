@@ -51,7 +51,7 @@ def configure(storage: StorageDriver, value: object, field: str) -> None:
             raise ConfigError(field, error.message) from None
 
 
-def resolve(config: Config, policy: Policy) -> None:
+def resolve_flavours(config: Config, policy: Policy) -> None:
     """Decide the flavour of ``policy``'s source, then of each destination (see the module
     docstring). Raises ``ConfigError`` naming a region that holds both forms; never
     ``StorageError``."""
@@ -61,10 +61,10 @@ def resolve(config: Config, policy: Policy) -> None:
         _decide(name, config.regions[name].storage, source)
 
 
-def resolve_all(config: Config) -> None:
-    """:func:`resolve` for every policy, as a long-running service starts."""
+def resolve_all_flavours(config: Config) -> None:
+    """:func:`resolve_flavours` for every policy, as a long-running service starts."""
     for policy in config.policies:
-        resolve(config, policy)
+        resolve_flavours(config, policy)
 
 
 def _decide(name: str, storage: StorageDriver, source: StorageDriver | None) -> None:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from drivers.base import StorageDriver
 from drivers.errors import NotFound
-from replicator import flavours, layout
+from replicator import layout
 from replicator.config import Config, Policy
 from replicator.filters import policy_selects
+from replicator.flavours import resolve_flavours
 from replicator.inventory import Inventory
 from replicator.manifests import ManifestError, parse_manifest
 from replicator.planner import is_foreign
@@ -131,7 +132,7 @@ class _Checker:
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
     """Verify every tag ``policy`` selects at the source, in each destination. Raises
     ``ConfigError`` for a region holding both layout flavours (:mod:`replicator.flavours`)."""
-    flavours.resolve(config, policy)
+    resolve_flavours(config, policy)
     source = config.regions[policy.source].storage
     inventory = Inventory().add(source.list(layout.REPOSITORIES_PREFIX))
     tags = sorted(key for key in inventory.tags if policy_selects(policy, *key))

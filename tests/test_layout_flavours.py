@@ -228,9 +228,9 @@ def test_the_form_a_container_holds_is_detected_with_one_listing_per_form_once(
     }, [("out", "held", "local")]))
     storage, local = (loaded.regions[name].storage for name in ("held", "local"))
     policy = loaded.policy("out")
-    assert requests_sent(storage, lambda: flavours.resolve(loaded, policy)) == {"list": 2}
+    assert requests_sent(storage, lambda: flavours.resolve_flavours(loaded, policy)) == {"list": 2}
     assert (storage.flavour, storage.flavour_known) == (flavour, True)
-    assert requests_sent(storage, lambda: flavours.resolve(loaded, policy)) == {}
+    assert requests_sent(storage, lambda: flavours.resolve_flavours(loaded, policy)) == {}
     assert local.requests.snapshot() == dict.fromkeys(local.requests.snapshot(), 0)
 
 
@@ -259,7 +259,7 @@ def test_an_empty_destination_takes_the_default_flavour(case, pushed, azurite, n
         "source": {"storage": source},
         "empty": {"storage": azure_storage(azurite, new_container(), **destination_keys)},
     }, [("fill", "source", "empty")]))
-    flavours.resolve(loaded, loaded.policy("fill"))
+    flavours.resolve_flavours(loaded, loaded.policy("fill"))
     assert loaded.regions["empty"].storage.flavour == expected
 
 
@@ -269,7 +269,7 @@ def test_a_configured_layout_is_used_without_a_listing(azurite, new_container, t
         "local": {"layout": 3, "storage": reg.filesystem_storage(tmp_path / "local")},
     }, [("out", "set", "local")]))
     storage = loaded.regions["set"].storage
-    assert requests_sent(storage, lambda: flavours.resolve(loaded, loaded.policy("out"))) == {}
+    assert requests_sent(storage, lambda: flavours.resolve_flavours(loaded, loaded.policy("out"))) == {}
     assert (storage.flavour, storage.flavour_known) == ("2.8", True)
 
 
@@ -296,7 +296,7 @@ def test_a_2_8_registry_under_a_configured_rootdirectory_is_a_config_error(pushe
         "local": {"storage": reg.filesystem_storage(tmp_path / "local")},
     }, [("out", "held", "local")]))
     with pytest.raises(config_module.ConfigError) as caught:
-        flavours.resolve(loaded, loaded.policy("out"))
+        flavours.resolve_flavours(loaded, loaded.policy("out"))
     assert caught.value.field == "regions.held" and "2.8" in caught.value.message
 
 
