@@ -23,6 +23,7 @@ import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
 
+from drivers import open_storage
 from replicator import config as config_module
 from replicator import flavours
 from replicator import sample_images as si
@@ -320,27 +321,29 @@ def test_both_forms_in_one_region_exit_2_naming_it(command, both_forms, tmp_path
     assert not (tmp_path / "local" / "docker").exists()
 
 
-def test_a_second_account_copy_between_flavours_uses_each_ones_names(pushed, azurite, service, tmp_path):
-    """A server-side copy from a 2.8 container in one account into a 3.x one in another: the
-    read SAS is signed for the leading-slash name, and Copy Blob keeps the registry's append
-    blobs (the replicator writes manifests and links as block blobs)."""
+def test_a_copy_from_a_2_8_container_into_a_3_one_in_another_account(pushed, azurite, service):
+    """Copy Blob from a 2.8 container in one account into a 3.x one in another (configured by a
+    registry 3 block): the read SAS is signed for the leading-slash name, and the copies keep
+    the registry's append blobs."""
     source = new_in(service)
     lay_out(source, "2.8", "", pushed)
     name, key = AZURITE_SECOND_ACCOUNT
     other = BlobServiceClient(f"{azurite.url}/{name}", credential={"account_name": name,
                                                                     "account_key": key})
     destination = new_in(other)
-    loaded = config_module.parse(document(tmp_path, {
-        "old": {"storage": azure_storage(azurite, source)},
-        "new": {"layout": "3", "storage": {"azure": {
-            "accountname": name, "accountkey": key, "container": destination.container_name,
-            "serviceurl": f"{azurite.url}/{name}", "credentials": {"type": "shared_key"}}}},
-    }, [("up", "old", "new")]))
-    report = run(loaded, "up")
-    assert report.counts()["server_side_copies"] == len(UPLOADED)
-    assert blob_types(destination) == {blob_name("3", "", key): "AppendBlob" if key in UPLOADED
-                                       else "BlockBlob" for key in pushed}
-
+    reader = open_storage(azure_storage(azurite, source))
+    reader.use_flavour("2.8")
+    writer = open_storage({"azure": {"accountname": name, "accountkey": key,
+                                     "container": destination.container_name,
+                                     "serviceurl": f"{azurite.url}/{name}",
+                                     "credentials": {"type": "shared_key"}}})
+    writer.use_flavour("3")
+    assert writer.can_copy_from(reader)
+    for blob in sorted(UPLOADED):
+        assert requests_sent(writer, lambda: writer.copy_from(reader, blob, len(pushed[blob]))) == \
+            {"copy": 1}
+        assert writer.read(blob, limit=len(pushed[blob])) == pushed[blob]
+    assert blob_types(destination) == {blob_name("3", "", blob): "AppendBlob" for blob in UPLOADED}
 
 
 def test_both_forms_found_by_a_later_serve_pass_exit_2(pushed, azurite, service, tmp_path):
