@@ -15,14 +15,15 @@ Azure keeps ``/docker/x`` and ``docker/x`` as two blobs, and a prefix listing se
 own form. Either version reads blobs of any type (``Reader``/``GetContent`` are ranged GETs),
 never overwrites blob data (its ``moveBlob`` and ``blobStore.Put`` skip existing blobs) and
 deletes any type, so every object written here is a block blob, atomically visible (a
-server-side copy keeps its source's type, as Copy Blob does): 2.8's ``PutContent`` writes block
-blobs; its ``Writer`` appends to an append blob that ``Move`` (Copy
-Blob) keeps; 3.x's ``PutContent`` and ``Writer`` both make append blobs. A blob of another type
-at a key being written (an append blob left by a registry) is deleted first where Azure
-refuses to change the type in place (409 ``InvalidBlobType``), as both versions' ``PutContent``
-do for their "legacy" type. (3.0.0 to 3.1.1 invert that test: their ``PutContent`` keeps a
-block blob and then fails to create an append blob over it, 409.) 2.8 creates its container at
-start, 3.x does not; neither does this driver.
+server-side copy keeps its source's type, as Copy Blob does). The registries themselves write:
+2.8 block blobs in ``PutContent`` (manifests, links) and append blobs in ``Writer`` (uploads,
+kept as append blobs by ``Move``'s Copy Blob: layers, configs); 3.x append blobs in both.
+
+A blob of another type at a key being written (an append blob left by a registry) is deleted
+first where Azure refuses to change the type in place (409 ``InvalidBlobType``), as both
+versions' ``PutContent`` do for their "legacy" type. (3.0.0 to 3.1.1 invert that test: their
+``PutContent`` keeps a block blob and then fails to create an append blob over it, 409.) 2.8
+creates its container at start, 3.x does not; neither does this driver.
 
 The SDK's retries are off (``retry_total=0``): each call is retried by
 :func:`drivers.retry.retrying`, and every HTTP request the SDK's pipeline sends is counted by
@@ -150,8 +151,10 @@ def _identity_credential(kind: str, config: dict) -> object:
     secret = config.get("credentials", {})
     for name in ("tenantid", "clientid", "secret"):
         if not secret.get(name):
-            raise ConfigError(f"credentials.{name}", "is required with credentials.type client_secret")
-    return azure.identity.ClientSecretCredential(secret["tenantid"], secret["clientid"], secret["secret"])
+            raise ConfigError(f"credentials.{name}",
+                              "is required with credentials.type client_secret")
+    return azure.identity.ClientSecretCredential(secret["tenantid"], secret["clientid"],
+                                                 secret["secret"])
 
 
 def _shared_key(config: dict) -> dict:
@@ -253,7 +256,8 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
     def _from_connection_string(cls, config: dict, options: dict) -> AzureDriver:
         for name in ("accountkey", "endpoint", "serviceurl", "credentials"):
             if name in config:
-                raise ConfigError(name, "conflicts with connectionstring, which holds it")
+                raise ConfigError(name, "conflicts with connectionstring, which holds the "
+                                        "account's endpoint and key")
         try:
             driver = cls(config["container"], connection_string=config["connectionstring"], **options)
         except ValueError:
@@ -289,11 +293,12 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
 
     def flavours_present(self, prefix: str) -> set[str]:
         check_prefix(prefix)
-        return {flavour for flavour in FLAVOURS if self._call(
-            "list", prefix, lambda flavour=flavour: self._any_blob(self._names_in(flavour) + prefix))}
+        return {flavour for flavour in FLAVOURS
+                if self._call("list", prefix, lambda flavour=flavour: self._any_blob(flavour, prefix))}
 
-    def _any_blob(self, name_prefix: str) -> bool:
-        pages = self._container.list_blobs(name_starts_with=name_prefix, results_per_page=1).by_page()
+    def _any_blob(self, flavour: str, prefix: str) -> bool:
+        pages = self._container.list_blobs(name_starts_with=self._names_in(flavour) + prefix,
+                                           results_per_page=1).by_page()
         return bool(list(next(pages)))
 
     def _count(self, request) -> None:

@@ -3,8 +3,8 @@
 Only backends whose two versions name objects differently have flavours (drivers with
 :class:`~drivers.base.LayoutFlavours`: Azure, see :mod:`drivers.azure`). S3 (``s3Path``:
 ``TrimLeft(TrimRight(rootdirectory, "/") + path, "/")``), GCS (``pathToKey``) and filesystem
-(``fullPath``) name them alike in 2.8.3 and 3.1.x, and for them this module sends nothing. A region's flavour
-is, in order:
+(``fullPath``) name them alike in 2.8.3 and 3.1.x, and for them this module sends nothing. A
+region's flavour is, in order:
 
 1. its ``layout`` key in the configuration (no request);
 2. the form its storage holds: one one-object listing per flavour under the registry root. A

@@ -12,10 +12,13 @@ blob (``PutContent`` and ``Writer`` both). The replicator's own writer never pro
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
+import threading
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -348,27 +351,43 @@ def test_a_copy_from_a_2_8_container_into_a_3_one_in_another_account(pushed, azu
 
 def test_both_forms_found_by_a_later_serve_pass_exit_2(pushed, azurite, service, tmp_path):
     """The region cannot be listed when serve starts (its container is missing), so the first
-    pass fails on it; once it holds both forms, the next scheduled pass ends the service."""
+    pass fails on it; once it holds both forms, the pass a push event triggers ends the service."""
     mixed = service.get_container_client(f"flavour-{uuid.uuid4().hex[:16]}")
+    port = free_port()
     doc = document(tmp_path, {
         "mixed": {"storage": azure_storage(azurite, mixed)},
         "local": {"storage": reg.filesystem_storage(tmp_path / "local")},
-    }, [("out", "mixed", "local")], server={"listen": f"127.0.0.1:{free_port()}"})
-    doc["policies"][0]["schedule"] = {"interval": "1s"}
+    }, [("out", "mixed", "local")], server={"listen": f"127.0.0.1:{port}", "debounce": "0.1s"})
+    doc["policies"][0]["schedule"] = {"interval": "1h"}
     path = tmp_path / "replicator.yml"
     path.write_text(yaml.safe_dump(doc))
     env = {key: value for key, value in os.environ.items() if key != "REPLICATOR_CONFIG"}
     process = subprocess.Popen([sys.executable, "-m", "replicator", "serve", "--config", str(path)],
                                stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
-    try:
+    lines: list[str] = []
+    first_pass_failed = threading.Event()
+
+    def collect() -> None:
         for line in process.stderr:
+            lines.append(line)
             if "pass of policy out into local failed" in line:
-                break
+                first_pass_failed.set()
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        assert first_pass_failed.wait(60), "".join(lines)
         mixed.create_container()
         lay_out(mixed, "2.8", "", pushed)
         lay_out(mixed, "3", "", pushed)
-        assert process.wait(timeout=60) == 2
-        assert "configuration error: regions.mixed: " in process.stderr.read()
+        envelope = {"events": [{"action": "push", "target": {"repository": "apps/web", "tag": "1.0"}}]}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/events/mixed", data=json.dumps(envelope).encode(),
+            headers={"Content-Type": "application/vnd.docker.distribution.events.v1+json"})
+        urllib.request.urlopen(request, timeout=10).close()
+        assert process.wait(timeout=60) == 2, "".join(lines)
+        reader.join(10)
+        assert "configuration error: regions.mixed: " in "".join(lines)
     finally:
         if process.poll() is None:
             process.kill()
