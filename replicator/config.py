@@ -21,6 +21,7 @@ import drivers.cdn as cdn_drivers
 from drivers.base import StorageDriver
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
+from replicator import flavours
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
@@ -214,13 +215,14 @@ def _regions(value: object) -> dict[str, Region]:
     regions = {}
     for name, block in _mapping(value, "regions").items():
         field = f"regions.{name}"
-        region = _mapping(block, field, {"storage", "cdn"})
+        region = _mapping(block, field, {"storage", "cdn", "layout"})
         if "storage" not in region:
             raise ConfigError(f"{field}.storage", "is required")
         try:
             storage = drivers.open_storage(region["storage"])
         except ConfigError as error:
             raise error.under(f"{field}.storage") from None
+        flavours.configure(storage, region.get("layout"), f"{field}.layout")
         cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
         regions[str(name)] = Region(str(name), storage, cdn)
     return regions
