@@ -1,15 +1,41 @@
 """Objects in an Azure Blob Storage container (or Azurite), via azure-storage-blob.
 
-Keys live under the configured root directory in the container, as block blobs. The SDK's
-retries are off (``retry_total=0``): each call is retried by :func:`drivers.retry.retrying`,
-and every HTTP request the SDK's pipeline sends is counted by one request hook. The account
-key or connection string is handed to the SDK and kept nowhere else.
+Keys become blob names in one of two layout flavours (:class:`~drivers.base.LayoutFlavours`),
+as the two Distribution versions name them (``registry/storage/driver/azure/azure.go``):
+
+- ``"2.8"`` (v2.8.3): every method passes the registry path straight to
+  ``GetBlobReference(path)``, so names keep the path's leading slash
+  (``/docker/registry/v2/...``) and there is no root directory (2.8 reads only ``accountname``,
+  ``accountkey``, ``container`` and ``realm``; a ``rootdirectory`` is ignored).
+- ``"3"`` (v3.0.0 to v3.1.1): ``blobName(path)`` is
+  ``TrimLeft(TrimRight(rootdirectory, "/") + path, "/")``: ``docker/registry/v2/...`` or
+  ``<root>/docker/registry/v2/...``, never a leading slash. The driver's default.
+
+Azure keeps ``/docker/x`` and ``docker/x`` as two blobs, and a prefix listing sees only its
+own form. Either version reads blobs of any type (``Reader``/``GetContent`` are ranged GETs),
+never overwrites blob data (its ``moveBlob`` and ``blobStore.Put`` skip existing blobs) and
+deletes any type, so every object written here is a block blob, atomically visible (a
+server-side copy keeps its source's type, as Copy Blob does). The registries themselves write:
+2.8 block blobs in ``PutContent`` (manifests, links) and append blobs in ``Writer`` (uploads,
+kept as append blobs by ``Move``'s Copy Blob: layers, configs); 3.x append blobs in both.
+
+A blob of another type at a key being written (an append blob left by a registry) is deleted
+first where Azure refuses to change the type in place (409 ``InvalidBlobType``), as both
+versions' ``PutContent`` do for their "legacy" type. (3.0.0 to 3.1.1 invert that test: their
+``PutContent`` keeps a block blob and then fails to create an append blob over it, 409.) 2.8
+creates its container at start, 3.x does not; neither does this driver.
+
+The SDK's retries are off (``retry_total=0``): each call is retried by
+:func:`drivers.retry.retrying`, and every HTTP request the SDK's pipeline sends is counted by
+one request hook. The account key, client secret or connection string is handed to the SDK
+and kept nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,14 +47,15 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 import requests.adapters
 from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
-                                   IncompleteReadError, ServiceRequestError, ServiceResponseError)
+                                   IncompleteReadError, ResourceExistsError, ServiceRequestError,
+                                   ServiceResponseError)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import (BlobClient, BlobProperties, BlobSasPermissions, ContainerClient,
                                 generate_blob_sas)
 
-from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, ServerSideCopy,
-                          StorageDriver, check_key, check_prefix, error_for_status, token_pages,
-                          without_url_queries)
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, LayoutFlavours, ObjectInfo, PartWriter,
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, error_for_status,
+                          token_pages, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
@@ -50,15 +77,37 @@ SAS_CLOCK_SKEW = timedelta(minutes=5)
 UNFINISHED_COPIES = frozenset({"pending", "aborted", "failed"})
 """Copy states of a blob whose content is not (or never will be) the source's: hidden."""
 
-PARAMETERS: dict[str, type] = {
+FLAVOURS = ("2.8", "3")
+DEFAULT_FLAVOUR = "3"
+CREDENTIAL_TYPES = ("shared_key", "client_secret", "default_credentials")
+
+PARAMETERS: dict[str, type | dict] = {
     "accountname": str, "accountkey": str, "container": str, "realm": str, "rootdirectory": str,
     "connectionstring": str, "endpoint": str, "chunksize": int, "maxconcurrency": int,
+    "serviceurl": str, "skipverify": bool, "max_retries": int, "retry_delay": str,
+    "credentials": {"type": str, "clientid": str, "tenantid": str, "secret": str},
 }
-"""Distribution's Azure parameters, plus ``endpoint`` (the account URL, e.g. Azurite's
-``http://127.0.0.1:PORT/ACCOUNT``), ``chunksize`` (the block size of streamed uploads and
-ranged reads) and ``maxconcurrency`` (the size of the HTTP connection pool)."""
+"""Distribution's Azure parameters of 2.8 (``accountname``, ``accountkey``, ``container``,
+``realm``) and 3.x (``parser.go`` ``DriverParameters``: also ``connectionstring``,
+``rootdirectory``, ``serviceurl``, ``credentials``, ``max_retries``, ``retry_delay``,
+``skipverify``), plus ``endpoint`` (the account URL, e.g. Azurite's
+``http://127.0.0.1:PORT/ACCOUNT``; 3.x calls it ``serviceurl``), ``chunksize`` (the block size
+of streamed uploads and ranged reads) and ``maxconcurrency`` (the size of the HTTP connection
+pool).
 
-LIMITS = {"chunksize": (MIB, None), "maxconcurrency": (1, None)}
+``credentials.type`` chooses the credential as 3.x's ``newClient`` does: ``shared_key``
+(``accountkey``), ``client_secret`` (``tenantid``, ``clientid``, ``secret``; azure-identity's
+``ClientSecretCredential``) or ``default_credentials`` (``DefaultAzureCredential``). Without a
+``credentials`` block, an ``accountkey`` is a shared key and no key means
+``DefaultAzureCredential``. ``skipverify`` turns TLS certificate checks off. In 3.x,
+``max_retries`` and ``retry_delay`` bound the registry's own polling of a pending copy in
+``Move`` (``-1``: abort it at once) and its re-tries of an append block after a timeout; the
+replicator neither moves nor appends, retries every request by its one policy
+(:mod:`drivers.retry`) with the SDK's retries off, and bounds a server-side copy by
+``copy_wait``: they are checked and otherwise have no effect."""
+
+LIMITS = {"chunksize": (MIB, None), "maxconcurrency": (1, None), "max_retries": (-1, None)}
+_GO_DURATION = re.compile(r"0|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 
 _BROKEN_CONNECTION = (ServiceRequestError, ServiceResponseError, IncompleteReadError,
                       requests.ConnectionError, ConnectionError, TimeoutError)
@@ -91,13 +140,63 @@ def _finished(blob: BlobProperties) -> bool:
     return blob.copy.status not in UNFINISHED_COPIES
 
 
-class AzureDriver(StorageDriver, ServerSideCopy):
-    """Objects under ``root`` (``""`` or ``"some/path/"``) in ``container``.
+def _identity_credential(kind: str, config: dict) -> object:
+    """An azure-identity credential: ``ClientSecretCredential`` or ``DefaultAzureCredential``."""
+    try:
+        import azure.identity
+    except ImportError:
+        raise ConfigError("credentials.type", f"{kind} needs azure-identity; install it") from None
+    if kind == "default_credentials":
+        return azure.identity.DefaultAzureCredential()
+    secret = config.get("credentials", {})
+    for name in ("tenantid", "clientid", "secret"):
+        if not secret.get(name):
+            raise ConfigError(f"credentials.{name}",
+                              "is required with credentials.type client_secret")
+    return azure.identity.ClientSecretCredential(secret["tenantid"], secret["clientid"],
+                                                 secret["secret"])
+
+
+def _shared_key(config: dict) -> dict:
+    try:
+        base64.b64decode(config["accountkey"], validate=True)
+    except binascii.Error:
+        raise ConfigError("accountkey", "must be the base64 account key") from None
+    return {"account_name": config["accountname"], "account_key": config["accountkey"]}
+
+
+def _credential(config: dict) -> object:
+    """The credential a block names: ``credentials.type`` as 3.x reads it, else 2.8's key."""
+    if "credentials" not in config:
+        return (_shared_key(config) if config.get("accountkey")
+                else _identity_credential("default_credentials", config))
+    kind = config["credentials"].get("type")
+    if kind not in CREDENTIAL_TYPES:
+        raise ConfigError("credentials.type", f"must be one of {', '.join(CREDENTIAL_TYPES)}")
+    if kind != "shared_key":
+        return _identity_credential(kind, config)
+    if not config.get("accountkey"):
+        raise ConfigError("accountkey", "is required with credentials.type shared_key")
+    return _shared_key(config)
+
+
+def _account_url(config: dict) -> str:
+    if "endpoint" in config and "serviceurl" in config:
+        raise ConfigError("serviceurl", "conflicts with endpoint, which is the same URL")
+    realm = config.get("realm", DEFAULT_REALM)
+    return (config.get("endpoint") or config.get("serviceurl")
+            or f"https://{config['accountname']}.blob.{realm}")
+
+
+class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
+    """Objects under ``root`` (``""`` or ``"some/path/"``) in ``container``, named as
+    ``flavour`` names them (see the module docstring; ``"2.8"`` has no root).
 
     The container is reached at ``account_url`` with ``credential`` (an account key mapping or
     a token credential), or through ``connection_string``. ``chunk_size`` is the block size of
     :meth:`writer` and the range of each read request; ``max_connections`` sizes the HTTP
-    connection pool. Errors as :class:`StorageDriver` states.
+    connection pool; ``verify`` false skips TLS certificate checks. Errors as
+    :class:`StorageDriver` states.
 
     Server-side copies (:meth:`copy_from`, Copy Blob) come from any driver on the same blob
     service (``*.blob.core.windows.net``, or one Azurite server) whose account key can sign a
@@ -105,22 +204,24 @@ class AzureDriver(StorageDriver, ServerSideCopy):
     """
 
     kind = "azure"
+    flavours = FLAVOURS
 
     def __init__(self, container: str, *, account_url: str | None = None, credential: object = None,
                  connection_string: str | None = None, root: str = "",
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 max_connections: int = DEFAULT_MAX_CONCURRENCY) -> None:
+                 max_connections: int = DEFAULT_MAX_CONCURRENCY, verify: bool = True) -> None:
         super().__init__()
         self.container = container
         self.root = root
         self.chunk_size = chunk_size
+        self.flavour, self.flavour_known = DEFAULT_FLAVOUR, False
         session = requests.Session()
         pool = requests.adapters.HTTPAdapter(pool_connections=max_connections,
                                              pool_maxsize=max_connections)
         for scheme in ("http://", "https://"):
             session.mount(scheme, pool)
         options = {"retry_total": 0, "raw_request_hook": self._count,
-                   "transport": RequestsTransport(session=session),
+                   "transport": RequestsTransport(session=session, connection_verify=verify),
                    "max_single_get_size": chunk_size, "max_chunk_get_size": chunk_size,
                    "max_block_size": chunk_size}
         if connection_string is not None:
@@ -134,34 +235,29 @@ class AzureDriver(StorageDriver, ServerSideCopy):
     @classmethod
     def from_config(cls, params: dict) -> AzureDriver:
         config = parse_parameters(params, PARAMETERS, limits=LIMITS, required=("container",))
+        if not _GO_DURATION.fullmatch(config.get("retry_delay", "0s")):
+            raise ConfigError("retry_delay", "must be a duration such as 100ms or 2s")
         options = {"root": root_prefix(config.get("rootdirectory", "")),
                    "chunk_size": config.get("chunksize", DEFAULT_CHUNK_SIZE),
-                   "max_connections": config.get("maxconcurrency", DEFAULT_MAX_CONCURRENCY)}
+                   "max_connections": config.get("maxconcurrency", DEFAULT_MAX_CONCURRENCY),
+                   "verify": not config.get("skipverify", False)}
         if "connectionstring" in config:
             return cls._from_connection_string(config, options)
         if not config.get("accountname"):
             raise ConfigError("accountname", "is required (or give connectionstring)")
-        account = config["accountname"]
-        if config.get("accountkey"):
-            try:
-                base64.b64decode(config["accountkey"], validate=True)
-            except binascii.Error:
-                raise ConfigError("accountkey", "must be the base64 account key") from None
-            credential = {"account_name": account, "account_key": config["accountkey"]}
-        else:
-            from azure.identity import DefaultAzureCredential
-            credential = DefaultAzureCredential()
-        url = config.get("endpoint") or f"https://{account}.blob.{config.get('realm', DEFAULT_REALM)}"
+        url, credential = _account_url(config), _credential(config)
         try:
             return cls(config["container"], account_url=url, credential=credential, **options)
         except ValueError as error:  # the SDK's word on the URL, e.g. that tokens need https
-            raise ConfigError("endpoint" if "endpoint" in config else "realm", str(error)) from None
+            field = next((name for name in ("endpoint", "serviceurl") if name in config), "realm")
+            raise ConfigError(field, str(error)) from None
 
     @classmethod
     def _from_connection_string(cls, config: dict, options: dict) -> AzureDriver:
-        for name in ("accountkey", "endpoint"):
+        for name in ("accountkey", "endpoint", "serviceurl", "credentials"):
             if name in config:
-                raise ConfigError(name, "conflicts with connectionstring, which holds it")
+                raise ConfigError(name, "conflicts with connectionstring, which holds the "
+                                        "account's endpoint and key")
         try:
             driver = cls(config["container"], connection_string=config["connectionstring"], **options)
         except ValueError:
@@ -174,7 +270,36 @@ class AzureDriver(StorageDriver, ServerSideCopy):
         return f"azure://{self.account}/{self.container}/{self.root}".rstrip("/")
 
     def _where(self, key: str) -> str:
-        return f"azure://{self.account}/{self.container}/{self.root}{key}"
+        return f"azure://{self.account}/{self.container}/{self._names}{key}"
+
+    @property
+    def _names(self) -> str:
+        return self._names_in(self.flavour)
+
+    def _names_in(self, flavour: str) -> str:
+        """What precedes a key in its blob name: 2.8's leading slash, or 3.x's root."""
+        return "/" if flavour == "2.8" else self.root
+
+    def required_flavour(self) -> str | None:
+        return "3" if self.root else None
+
+    def use_flavour(self, flavour: str) -> None:
+        if flavour not in FLAVOURS:
+            raise ConfigError("layout", f"must be one of {', '.join(FLAVOURS)}")
+        if flavour == "2.8" and self.root:
+            raise ConfigError("layout", "2.8 names azure blobs without a root directory: "
+                                        "remove rootdirectory or use layout 3")
+        self.flavour, self.flavour_known = flavour, True
+
+    def flavours_present(self, prefix: str) -> set[str]:
+        check_prefix(prefix)
+        return {flavour for flavour in FLAVOURS
+                if self._call("list", prefix, lambda flavour=flavour: self._any_blob(flavour, prefix))}
+
+    def _any_blob(self, flavour: str, prefix: str) -> bool:
+        pages = self._container.list_blobs(name_starts_with=self._names_in(flavour) + prefix,
+                                           results_per_page=1).by_page()
+        return bool(list(next(pages)))
 
     def _count(self, request) -> None:
         http = request.http_request
@@ -208,7 +333,7 @@ class AzureDriver(StorageDriver, ServerSideCopy):
         return retrying(attempt)
 
     def _blob(self, key: str) -> BlobClient:
-        return self._container.get_blob_client(self.root + key)
+        return self._container.get_blob_client(self._names + key)
 
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)
@@ -216,9 +341,10 @@ class AzureDriver(StorageDriver, ServerSideCopy):
             lambda token: self._call("list", prefix, lambda: self._list_page(prefix, token)))
 
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        pages = self._container.list_blobs(name_starts_with=self.root + prefix, include=["copy"],
+        names = self._names
+        pages = self._container.list_blobs(name_starts_with=names + prefix, include=["copy"],
                                            results_per_page=PAGE_SIZE).by_page(continuation_token=token)
-        page = [_info(blob.name[len(self.root):], blob) for blob in next(pages) if _finished(blob)]
+        page = [_info(blob.name[len(names):], blob) for blob in next(pages) if _finished(blob)]
         return page, pages.continuation_token
 
     def stat(self, key: str) -> ObjectInfo:
@@ -244,8 +370,7 @@ class AzureDriver(StorageDriver, ServerSideCopy):
     def write(self, key: str, data: bytes) -> str:
         check_key(key)
         blob = self._blob(key)
-        result = self._call("upload", key, lambda: blob.upload_blob(data, overwrite=True))
-        return result["etag"].strip('"')
+        return self._call("upload", key, lambda: _put_block_blob(blob, data))["etag"].strip('"')
 
     def writer(self, key: str) -> ChunkedWriter:
         return _BlockWriter(self, check_key(key))
@@ -271,7 +396,7 @@ class AzureDriver(StorageDriver, ServerSideCopy):
             raise AccessDenied(f"azure sign {self._where(key)}: no account key to sign a SAS with")
         now = datetime.now(timezone.utc)
         blob = self._blob(key)
-        sas = generate_blob_sas(self.account, self.container, self.root + key, account_key=account_key,
+        sas = generate_blob_sas(self.account, self.container, self._names + key, account_key=account_key,
                                 permission=BlobSasPermissions(read=True), start=now - SAS_CLOCK_SKEW,
                                 expiry=now + timedelta(seconds=lifetime))
         return f"{blob.url}?{sas}"
@@ -322,6 +447,19 @@ class AzureDriver(StorageDriver, ServerSideCopy):
         blob = self._blob(key)
         with suppress(NotFound):
             self._call("delete", key, lambda: blob.delete_blob(delete_snapshots="include"))
+
+
+def _put_block_blob(blob: BlobClient, data: bytes) -> dict:
+    """Put Blob as a block blob. Over a blob of another type, which Azure will not change in
+    place (409 ``InvalidBlobType``), delete that blob first, as Distribution's ``PutContent``
+    does (2.8.3 and 3.x alike)."""
+    try:
+        return blob.upload_blob(data, overwrite=True)
+    except ResourceExistsError as error:
+        if getattr(error.error_code, "value", error.error_code) != "InvalidBlobType":
+            raise
+    blob.delete_blob()
+    return blob.upload_blob(data, overwrite=True)
 
 
 class _BlockWriter(PartWriter):

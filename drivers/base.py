@@ -400,3 +400,34 @@ class PartWriter(ChunkedWriter):
         self._buffer.clear()
         with suppress(StorageError):
             self._cancel()
+
+
+class LayoutFlavours(ABC):
+    """Optional ability of a driver whose backend Distribution versions lay out differently:
+    the same registry path becomes a different object name in 2.8 and in 3.x (Azure: see
+    :mod:`drivers.azure`). Keys stay the same; only the driver's key-to-name arithmetic changes.
+
+    ``flavour`` is one of ``flavours``; ``flavour_known`` says whether it was chosen (from the
+    configuration or a listing) rather than left at the driver's default. Backends whose
+    versions agree (S3, GCS, filesystem) do not have this ability and need no detection.
+    """
+
+    flavours: ClassVar[tuple[str, ...]]
+    flavour: str
+    flavour_known: bool
+
+    @abstractmethod
+    def required_flavour(self) -> str | None:
+        """The flavour the driver's configuration alone implies (e.g. a root directory, which
+        only one flavour has), or ``None``. Sends no request."""
+
+    @abstractmethod
+    def use_flavour(self, flavour: str) -> None:
+        """Name objects as ``flavour`` does from now on; ``flavour_known`` becomes true.
+        Raises ``ConfigError`` (field ``layout``) for an unknown flavour or one that
+        contradicts :meth:`required_flavour`."""
+
+    @abstractmethod
+    def flavours_present(self, prefix: str) -> set[str]:
+        """The flavours under whose naming some object's key starts with ``prefix``: one
+        one-object listing per flavour. Raises ``InvalidKey`` for a bad prefix, ``StorageError``."""

@@ -4,6 +4,12 @@ A key is a path relative to the root. New content is written to a private tempor
 ``<root>/.replicator-tmp/``, synced, and renamed into place, so readers see the old file or
 the new one. Symbolic links are never listed, and a key that resolves outside the root is an
 ``InvalidKey``.
+
+Distribution 2.8 and 3.x lay files out alike (``fullPath``: the path joined to
+``rootdirectory``). 2.8's ``PutContent`` rewrites a file in place; 3.x's writes
+``<path>.<uuid>.tmp`` beside it and renames it over, so a listing may show such siblings for a
+moment: they are no registry key and are never replicated. Neither version looks outside
+``docker/``, so this driver's temporary area is invisible to both.
 """
 
 from __future__ import annotations

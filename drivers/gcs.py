@@ -53,8 +53,11 @@ PARAMETERS: dict[str, type] = {
     "bucket": str, "keyfile": str, "credentials": object, "rootdirectory": str, "chunksize": int,
     "maxconcurrency": int, "useragent": str, "endpoint": str, "project": str,
 }
-"""Distribution's GCS parameters (``maxconcurrency`` sizes the HTTP connection pool), plus
-``endpoint`` (an emulator or private endpoint) and ``project``."""
+"""Distribution's GCS parameters of 2.8 and 3.x (3.x adds ``useragent``; ``maxconcurrency``
+sizes the HTTP connection pool), plus ``endpoint`` (an emulator or private endpoint) and
+``project``. Both versions name objects ``<root>/docker/registry/v2/...`` (``pathToKey``) and
+hide objects of content type ``application/x-docker-upload-session`` (their upload sessions)
+from listings and stats, so objects here are written as ``application/octet-stream``."""
 
 LIMITS = {"chunksize": (UPLOAD_QUANTUM, None), "maxconcurrency": (1, None)}
 

@@ -12,13 +12,14 @@ from drivers.errors import ConfigError, InvalidKey
 DEFAULT_LIMITS = (0, None)
 
 
-def parse_parameters(params: dict, kinds: dict[str, type], *,
+def parse_parameters(params: dict, kinds: dict[str, type | dict], *,
                      limits: dict[str, tuple[int, int | None]] | None = None,
                      required: tuple[str, ...] = ()) -> dict:
     """``params`` checked against ``kinds``; its non-null values, converted.
 
     ``kinds`` maps every known parameter to ``str``, ``int``, ``bool``, ``list`` (of non-empty
-    strings) or ``object`` (anything). ``"true"``/``"false"`` and digit strings count as
+    strings), ``object`` (anything) or a nested table of the same form (a mapping checked
+    likewise; its errors name ``parameter.field``). ``"true"``/``"false"`` and digit strings count as
     booleans and integers, as YAML and environment overrides give them; an integer must lie
     within ``limits.get(name, (0, None))`` (``None``: no upper bound). ``None`` values are
     dropped. Raises ``ConfigError`` naming the first unknown or ill-typed parameter, then the
@@ -37,7 +38,14 @@ def parse_parameters(params: dict, kinds: dict[str, type], *,
     return config
 
 
-def _typed(name: str, value: object, kind: type, limit: tuple[int, int | None]) -> object:
+def _typed(name: str, value: object, kind: type | dict, limit: tuple[int, int | None]) -> object:
+    if isinstance(kind, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(name, "must be a mapping")
+        try:
+            return parse_parameters(value, kind)
+        except ConfigError as error:
+            raise error.under(name) from None
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"

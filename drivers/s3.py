@@ -48,9 +48,9 @@ PARAMETERS: dict[str, type] = {
     "chunksize": int, "multipartcopychunksize": int, "multipartcopymaxconcurrency": int,
     "multipartcopythresholdsize": int, "rootdirectory": str, "storageclass": str, "objectacl": str,
     "useragent": str, "usedualstack": bool, "accelerate": bool, "loglevel": str,
-    "forcepathstyle": bool, "maxconnections": int,
+    "forcepathstyle": bool, "maxconnections": int, "usefipsendpoint": bool,
 }
-"""Distribution 2.8's S3 parameters (``loglevel`` is accepted and unused), plus
+"""Distribution's S3 parameters of 2.8 and 3.x (``loglevel`` is accepted and unused), plus
 ``maxconnections``: the size of the HTTP connection pool. As in Distribution, an object of at
 most ``multipartcopythresholdsize`` bytes is copied server-side with one CopyObject, a larger
 one in ``multipartcopychunksize`` parts, ``multipartcopymaxconcurrency`` at a time (at most
@@ -107,6 +107,7 @@ def _client(config: dict):
           "use_dualstack_endpoint": config.get("usedualstack", False),
           "use_accelerate_endpoint": config.get("accelerate", False)}
     options = botocore.config.Config(
+        use_fips_endpoint=config.get("usefipsendpoint", False),
         retries={"total_max_attempts": 1},
         max_pool_connections=config.get("maxconnections", DEFAULT_MAX_CONNECTIONS),
         signature_version="s3v4" if config.get("v4auth", True) else "s3",

@@ -20,6 +20,7 @@ from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
 from replicator import demo, logs
 from replicator.engine import RunOptions, run_policy
+from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
@@ -174,6 +175,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load_config(args)
+    resolve_all_flavours(config)
     shard = _shard(args)
     state = StateStore(config.state_path)
     service = Service(config, state, shard)
@@ -182,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as error:
         state.close()
         raise ConfigError("server.listen", f"cannot listen: {error.strerror}") from None
-    stop = threading.Event()
+    stop = service.halted
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
@@ -195,6 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
     server.shutdown()
     server.server_close()
     state.close()
+    if service.config_error is not None:
+        raise service.config_error
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ import drivers.cdn as cdn_drivers
 from drivers.base import RequestCounter, StorageDriver
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
+from replicator import flavours
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
@@ -224,11 +225,13 @@ def _regions(value: object) -> dict[str, Region]:
     regions = {}
     for name, block in _mapping(value, "regions").items():
         field = f"regions.{name}"
-        region = _mapping(block, field, {"storage", "registry", "cdn"})
+        region = _mapping(block, field, {"storage", "registry", "cdn", "layout"})
         if ("storage" in region) == ("registry" in region):
             raise ConfigError(f"{field}.storage", "is required (or, instead, a registry block)")
         cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
         if "registry" in region:
+            if "layout" in region:
+                raise ConfigError(f"{field}.layout", "applies to storage regions only")
             regions[str(name)] = Region(str(name), None, cdn, _registry(region["registry"],
                                                                         f"{field}.registry"))
             continue
@@ -236,6 +239,7 @@ def _regions(value: object) -> dict[str, Region]:
             storage = drivers.open_storage(region["storage"])
         except ConfigError as error:
             raise error.under(f"{field}.storage") from None
+        flavours.configure(storage, region.get("layout"), f"{field}.layout")
         regions[str(name)] = Region(str(name), storage, cdn)
     return regions
 

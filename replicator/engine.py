@@ -34,6 +34,7 @@ from replicator.endpoints import Endpoint, endpoint_for
 from replicator.endpoints.base import Selection, Snapshot
 from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
+from replicator.flavours import resolve_flavours
 from replicator.gate import Gate
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
@@ -366,6 +367,7 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     region or a tag: an unexpected one fails its tag or its destination's pass.
     """
     started = time.time()
+    resolve_flavours(config, policy)
     source_endpoint = endpoint_for(config.regions[policy.source])
     try:
         snapshot = source_endpoint.snapshot(repository, state, options.audit, Selection(

@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from drivers.errors import StorageError
+from drivers.errors import ConfigError, StorageError
 from replicator.endpoints import endpoint_for
 from replicator.config import Config, Policy
 from replicator.debounce import Debouncer
@@ -46,6 +46,9 @@ class Service:
         self.shard = shard
         self.metrics = Metrics(config, state)
         self.stopping = threading.Event()
+        self.halted = threading.Event()
+        """Set when a pass finds the configuration wrong (``config_error``): the service ends."""
+        self.config_error: ConfigError | None = None
         self.readiness: dict[str, str] = {name: "not checked yet" for name in config.regions}
         self._locks = {policy.name: threading.Lock() for policy in config.policies}
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
@@ -86,7 +89,8 @@ class Service:
 
     def run_pass(self, policy_name: str, repository: str | None = None) -> list[PassReport]:
         """One pass of a policy (targeted at ``repository`` if given); waits for any pass of
-        the same policy under way. Storage errors that stop the whole pass are logged."""
+        the same policy under way. Storage errors that stop the whole pass are logged; a
+        ``ConfigError`` (a region holding both layout flavours) sets ``halted``."""
         policy = next(p for p in self.config.policies if p.name == policy_name)
         with self._locks[policy_name]:
             if self.stopping.is_set():
@@ -95,7 +99,13 @@ class Service:
             options = RunOptions.from_config(self.config, audit=audit, backoff=RETRY_BACKOFF,
                                              stop=self.stopping, shard=self.shard)
             started = time.monotonic()
-            reports = run_policy(self.config, policy, self.state, options, repository)
+            try:
+                reports = run_policy(self.config, policy, self.state, options, repository)
+            except ConfigError as error:
+                log.error("configuration error: %s", error)
+                self.config_error = error
+                self.halted.set()
+                return []
             duration = time.monotonic() - started
             for report in reports:
                 self.metrics.observe(report, None if repository else duration)

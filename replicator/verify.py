@@ -18,6 +18,7 @@ from replicator.config import Config, Policy
 from replicator.endpoints import Destination, Endpoint, endpoint_for
 from replicator.endpoints.base import DestinationSnapshot, Selection
 from replicator.filters import policy_selects, selected
+from replicator.flavours import resolve_flavours
 from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
 from replicator.planner import is_foreign
 
@@ -139,7 +140,9 @@ class _Checker:
 
 
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
-    """Verify every tag ``policy`` selects at the source, in each destination."""
+    """Verify every tag ``policy`` selects at the source, in each destination. Raises
+    ``ConfigError`` for a region holding both layout flavours (:mod:`replicator.flavours`)."""
+    resolve_flavours(config, policy)
     source = endpoint_for(config.regions[policy.source])
     wanted = Selection(lambda name: selected(policy.repositories, name),
                        lambda name, tag: policy_selects(policy, name, tag))

@@ -4,6 +4,7 @@ import sys
 import pytest
 import yaml
 
+from drivers import open_storage
 from drivers.errors import ConfigError
 from replicator import config
 
@@ -131,3 +132,32 @@ def test_cli_without_config_exits_2():
     result = subprocess.run([sys.executable, "-m", "replicator", "sync"], capture_output=True,
                             text=True, env={"PATH": "/usr/bin"})
     assert result.returncode == 2 and "--config" in result.stderr
+
+
+REGISTRY_3_BLOCKS = {
+    "s3": {"region": "us-east-1", "bucket": "b", "regionendpoint": "http://127.0.0.1:9",
+           "forcepathstyle": True, "usedualstack": False, "accelerate": False,
+           "usefipsendpoint": True, "loglevel": "debugwithsigning", "storageclass": "STANDARD_IA",
+           "v4auth": True, "rootdirectory": "/registry"},
+    "gcs": {"bucket": "b", "endpoint": "http://127.0.0.1:9", "useragent": "registry/3",
+            "chunksize": 5 * 1024 * 1024, "maxconcurrency": 50, "rootdirectory": "/registry"},
+    "filesystem": {"rootdirectory": "/tmp/registry-3", "maxthreads": 100},
+    "azure": {"accountname": "devstoreaccount1", "accountkey": "eA==", "container": "c",
+              "serviceurl": "http://127.0.0.1:9/devstoreaccount1", "rootdirectory": "/registry",
+              "credentials": {"type": "shared_key"}, "max_retries": 5, "retry_delay": "100ms",
+              "skipverify": False},
+}
+
+
+@pytest.mark.parametrize("kind", REGISTRY_3_BLOCKS)
+def test_a_registry_3_storage_block_of_every_backend_loads(kind):
+    storage = open_storage({kind: REGISTRY_3_BLOCKS[kind], "redirect": {"disable": True}})
+    assert not any(storage.requests.snapshot().values())
+    with pytest.raises(ConfigError) as caught:
+        open_storage({kind: {**REGISTRY_3_BLOCKS[kind], "copy_status_poll_interval": "1s"}})
+    assert caught.value.field == f"{kind}.copy_status_poll_interval"
+
+
+def test_s3_usefipsendpoint_reaches_botocore():
+    fips = open_storage({"s3": {**REGISTRY_3_BLOCKS["s3"], "regionendpoint": None}})
+    assert fips._client.meta.config.use_fips_endpoint is True

@@ -8,7 +8,7 @@ import drivers.azure
 from drivers.azure import AzureDriver
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.retry import ATTEMPTS
-from tests.conformance import (MIB, DriverConformance, assert_config_error, listed, requests_sent,
+from tests.conformance import (LINK, MIB, DriverConformance, assert_config_error, listed, requests_sent,
                                sent_nothing)
 from tests.services import AZURITE_DEV_ACCOUNT, AZURITE_SECOND_ACCOUNT, free_port
 
@@ -293,3 +293,139 @@ def test_unfinished_copies_are_neither_listed_nor_stated(config, monkeypatch):
         properties = BlobProperties()
         properties.copy.status = status
         assert drivers.azure._finished(properties) is shown, status
+
+
+# --- layout flavours and registry 3 keys ------------------------------------------------------
+
+class TestAzure28(DriverConformance):
+    """The conformance suite with Distribution 2.8's names: the key behind a leading slash."""
+
+    @pytest.fixture
+    def driver(self, config):
+        driver = AzureDriver.from_config(config)
+        driver.use_flavour("2.8")
+        return driver
+
+    @pytest.fixture
+    def second_driver(self, second_config):
+        driver = AzureDriver.from_config(second_config)
+        driver.use_flavour("2.8")
+        return driver
+
+
+def raw_blobs(blobs, config) -> dict[str, str]:
+    return {blob.name: blob.blob_type.value
+            for blob in blobs.get_container_client(config["container"]).list_blobs()}
+
+
+def test_each_flavour_names_blobs_as_its_distribution_does(blobs, config):
+    drivers_by_flavour = {"2.8": AzureDriver.from_config(config),
+                          "3": AzureDriver.from_config({**config, "rootdirectory": "/registry/"})}
+    for flavour, driver in drivers_by_flavour.items():
+        driver.use_flavour(flavour)
+        driver.write("docker/registry/v2/blobs/data", flavour.encode())
+        with driver.writer("docker/registry/v2/big") as writer:
+            writer.write(b"x" * (2 * MIB + 1))
+            writer.commit()
+    assert raw_blobs(blobs, config) == {
+        "/docker/registry/v2/big": "BlockBlob", "/docker/registry/v2/blobs/data": "BlockBlob",
+        "registry/docker/registry/v2/big": "BlockBlob",
+        "registry/docker/registry/v2/blobs/data": "BlockBlob"}
+    for flavour, driver in drivers_by_flavour.items():
+        assert listed(driver) == ["docker/registry/v2/big", "docker/registry/v2/blobs/data"]
+        assert driver.read("docker/registry/v2/blobs/data") == flavour.encode()
+        assert requests_sent(driver, lambda: driver.flavours_present("docker/")) == {"list": 2}
+    # the rooted driver sees the 2.8 names beside its own; the other has no 3.x names at its root
+    assert {flavour: driver.flavours_present("docker/") for flavour, driver in
+            drivers_by_flavour.items()} == {"2.8": {"2.8"}, "3": {"2.8", "3"}}
+
+
+def test_flavours_the_configuration_allows(config):
+    rooted = AzureDriver.from_config({**config, "rootdirectory": "/registry"})
+    plain = AzureDriver.from_config(config)
+    assert (rooted.required_flavour(), plain.required_flavour()) == ("3", None)
+    assert (plain.flavour, plain.flavour_known) == ("3", False)
+    for driver, flavour in ((rooted, "2.8"), (plain, "2.9")):
+        with pytest.raises(ConfigError) as caught:
+            driver.use_flavour(flavour)
+        assert caught.value.field == "layout"
+    assert sent_nothing(rooted, plain)
+
+
+def test_a_blob_of_another_type_is_replaced_as_distribution_replaces_it(blobs, config, monkeypatch):
+    """Azure refuses a Put Blob over a blob of another type (409 InvalidBlobType); Azurite
+    allows it, so the refusal is played by wrapping the SDK call."""
+    from azure.core.exceptions import ResourceExistsError
+
+    real_upload = BlobClient.upload_blob
+
+    def upload_blob(self, data, **args):
+        if self.exists() and self.get_blob_properties().blob_type.value != "BlockBlob":
+            error = ResourceExistsError("The blob type is invalid for this operation.")
+            error.error_code = "InvalidBlobType"
+            raise error
+        return real_upload(self, data, **args)
+
+    monkeypatch.setattr(BlobClient, "upload_blob", upload_blob)
+    driver = AzureDriver.from_config(config)
+    link = blobs.get_container_client(config["container"]).get_blob_client("docker/link")
+    link.create_append_blob()
+    link.append_block(LINK.encode())
+    etag = driver.write("docker/link", LINK.replace("a", "b").encode())
+    assert raw_blobs(blobs, config) == {"docker/link": "BlockBlob"}
+    assert driver.read("docker/link") == LINK.replace("a", "b").encode()
+    assert driver.stat("docker/link").etag == etag
+
+
+def test_registry_3_block_with_serviceurl_and_shared_key(azurite, blobs, config):
+    name, key = AZURITE_DEV_ACCOUNT
+    block = {"accountname": name, "accountkey": key, "container": config["container"],
+             "serviceurl": f"{azurite.url}/{name}", "rootdirectory": "/registry",
+             "credentials": {"type": "shared_key"}, "max_retries": -1, "retry_delay": "1m30s",
+             "skipverify": True, "realm": "core.windows.net"}
+    driver = AzureDriver.from_config(block)
+    driver.write("docker/registry/v2/x", b"x")
+    assert driver.read("docker/registry/v2/x") == b"x"
+    assert raw_blobs(blobs, config) == {"registry/docker/registry/v2/x": "BlockBlob"}
+    assert driver._container._pipeline._transport.connection_config.verify is False
+    assert AzureDriver.from_config(config)._container._pipeline._transport.connection_config.verify
+
+
+def test_registry_3_token_credentials(config):
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    keyless = {name: value for name, value in config.items() if name != "accountkey"}
+    secret = {"type": "client_secret", "tenantid": "tenant", "clientid": "client", "secret": SECRET_KEY}
+    https = {**keyless, "serviceurl": "https://127.0.0.1:1/devstoreaccount1", "endpoint": None}
+    built = {kind: AzureDriver.from_config({key: value for key, value in
+                                            {**https, "credentials": credentials}.items()
+                                            if value is not None})
+             for kind, credentials in (("client_secret", secret),
+                                       ("default_credentials", {"type": "default_credentials"}))}
+    assert isinstance(built["client_secret"]._container.credential, ClientSecretCredential)
+    assert isinstance(built["default_credentials"]._container.credential, DefaultAzureCredential)
+    assert not [driver for driver in built.values() if SECRET_KEY in repr(driver) + driver.describe()]
+    assert sent_nothing(*built.values())
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"credentials": {"type": "password"}}, "credentials.type"),
+    ({"credentials": {}}, "credentials.type"),
+    ({"credentials": {"type": "shared_key", "bogus": 1}}, "credentials.bogus"),
+    ({"credentials": "shared_key"}, "credentials"),
+    ({"credentials": {"type": "shared_key"}, "accountkey": None}, "accountkey"),
+    ({"credentials": {"type": "client_secret", "clientid": "c", "secret": "s"}}, "credentials.tenantid"),
+    ({"serviceurl": "http://127.0.0.1:1/x"}, "serviceurl"),
+    ({"retry_delay": "soon"}, "retry_delay"),
+    ({"max_retries": -2}, "max_retries"),
+    ({"skipverify": "maybe"}, "skipverify"),
+])
+def test_registry_3_keys_errors_name_the_key(config, change, field):
+    params = {key: value for key, value in {**config, **change}.items() if value is not None}
+    assert_config_error(AzureDriver, params, field)
+
+
+def test_connection_string_conflicts_with_registry_3_credentials(azurite, container):
+    params = {"connectionstring": connection_string(azurite.url, AZURITE_DEV_ACCOUNT),
+              "container": container, "credentials": {"type": "shared_key"}}
+    assert_config_error(AzureDriver, params, "credentials")

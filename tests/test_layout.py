@@ -80,3 +80,12 @@ def test_parse_key_classifies_every_kind():
 ])
 def test_uploads_mismatched_fanout_and_bad_names_are_not_replicated(key):
     assert layout.parse_key(key) is None
+
+
+@pytest.mark.parametrize("key", [
+    layout.tag_current_key("app", "t") + ".0b5c9a1e-1f2a-4d3b-9c8d-7e6f5a4b3c2d.tmp",
+    layout.blob_key(DIGEST) + ".0b5c9a1e-1f2a-4d3b-9c8d-7e6f5a4b3c2d.tmp",
+])
+def test_distribution_3_filesystem_temporary_siblings_are_not_replicated(key):
+    """3.x's filesystem ``PutContent`` writes ``<path>.<uuid>.tmp`` and renames it over."""
+    assert layout.parse_key(key) is None
