@@ -125,7 +125,18 @@ def _request_kind(method: str, url: str, headers) -> str:
 
 
 def _info(key: str, blob: BlobProperties) -> ObjectInfo:
+    """The blob's metadata; ``TransientError`` if the answer lacked any of it (cut short)."""
+    if blob.size is None or not blob.etag or blob.last_modified is None:
+        raise TransientError(f"azure {blob.name}: the answer has no size, ETag or time")
     return ObjectInfo(key, blob.size, blob.etag.strip('"'), blob.last_modified.timestamp())
+
+
+def _etag(result: dict, where: str) -> str:
+    """The ETag of a write's answer; ``TransientError`` without one (an answer cut short)."""
+    etag = result.get("etag") if isinstance(result, dict) else None
+    if not etag:
+        raise TransientError(f"azure {where}: the answer has no ETag")
+    return etag.strip('"')
 
 
 def _detail(error: AzureError) -> str:
@@ -322,6 +333,11 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
             raise error_for_status(status, f"{where}: {status} {_detail(error)}") from None
         except AzureError as error:
             raise StorageError(f"{where}: {type(error).__name__}: {_detail(error)}") from None
+        except StorageError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # an answer cut short
+            raise TransientError(f"{where}: incomplete answer ({type(error).__name__}: "
+                                 f"{without_url_queries(str(error))})") from None
 
     def _call(self, operation: str, key: str, call: Callable[[], T]) -> T:
         """One SDK call about ``key`` (or a prefix), with errors translated and retried."""
@@ -349,10 +365,14 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)
-        blob = self._call("stat", key, self._blob(key).get_blob_properties)
-        if not _finished(blob):
-            raise NotFound(f"azure stat {self._where(key)}: a copy to it is {blob.copy.status}")
-        return _info(key, blob)
+
+        def properties() -> ObjectInfo:
+            blob = self._blob(key).get_blob_properties()
+            if not _finished(blob):
+                raise NotFound(f"azure stat {self._where(key)}: a copy to it is {blob.copy.status}")
+            return _info(key, blob)
+
+        return self._call("stat", key, properties)
 
     def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
         blob = self._blob(key)
@@ -370,7 +390,7 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
     def write(self, key: str, data: bytes) -> str:
         check_key(key)
         blob = self._blob(key)
-        return self._call("upload", key, lambda: _put_block_blob(blob, data))["etag"].strip('"')
+        return self._call("upload", key, lambda: _etag(_put_block_blob(blob, data), self._where(key)))
 
     def writer(self, key: str) -> ChunkedWriter:
         return _BlockWriter(self, check_key(key))
@@ -487,9 +507,9 @@ class _BlockWriter(PartWriter):
 
     def _finish(self, last: bytes) -> str:
         self._send_part(last)
-        result = self._azure._call("commit_block_list", self._key,
-                                   lambda: self._blob.commit_block_list(self._blocks))
-        return result["etag"].strip('"')
+        where = self._azure._where(self._key)
+        return self._azure._call("commit_block_list", self._key,
+                                 lambda: _etag(self._blob.commit_block_list(self._blocks), where))
 
     def _cancel(self) -> None:
         """Nothing to do: uncommitted blocks are invisible and expire."""
