@@ -58,6 +58,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
+from drivers.errors import TransientError
 from tests.services import LOOPBACK
 
 FAULTS = ("error500", "error503", "reset", "reset_body", "truncate", "latency")
@@ -541,3 +542,27 @@ def _reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with suppress(OSError):
         sock.close()
+
+
+def cut_header_outcomes(upstream_url: str, driver_behind, data: bytes, seeds) -> dict[str, set]:
+    """What each call of a storage driver gives through a proxy that cuts every answer inside
+    its headers (``cut_headers`` at rate 1), one proxy per seed: by request kind, ``True`` for
+    a right result and ``"transient"`` for a ``TransientError`` (any other exception raises).
+    ``driver_behind(proxy)`` is the driver talking to the proxy; the object ``object`` must
+    hold ``data`` upstream already."""
+    calls = {"get": lambda d: d.read("object", limit=len(data)) == data,
+             "head": lambda d: d.stat("object").size == len(data),
+             "put": lambda d: bool(d.write("other", b"x")),
+             "list": lambda d: [info.key for page in d.list() for info in page][:1] == ["object"]}
+    outcomes: dict[str, set] = {}
+    for seed in seeds:
+        with FaultProxy(upstream_url, seed=seed, rate=1.0, faults=["cut_headers"]) as proxy:
+            driver = driver_behind(proxy)
+            for kind, call in calls.items():
+                try:
+                    outcome = call(driver)
+                except TransientError:
+                    outcome = "transient"
+                outcomes.setdefault(kind, set()).add(outcome)
+        assert proxy.faults["cut_headers"] == proxy.requests.total()
+    return outcomes

@@ -38,7 +38,7 @@ from replicator import layout, sample_images
 from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
 from state.store import StateStore
-from tests.faults import FAULTS, FaultProxy
+from tests.faults import FAULTS, FaultProxy, cut_header_outcomes
 from tests.services import S3_CREDENTIALS
 from tests.test_engine import DANGLING_KINDS, _visible_tags, verify_storage
 from tests.test_request_counts import fill, s3_block
@@ -157,21 +157,9 @@ def test_answers_cut_inside_their_headers_are_right_or_transient(moto, bucket, n
     empty, never a short read taken for the object."""
     data = random.Random(3).randbytes(300_000)
     raw_client(moto.url).put_object(Bucket=bucket, Key="object", Body=data)
-    calls = {"get": lambda d: d.read("object", limit=len(data)) == data,
-             "head": lambda d: d.stat("object").size == len(data),
-             "put": lambda d: len(d.write("other", b"x")) == 32,
-             "list": lambda d: [info.key for page in d.list() for info in page][:1] == ["object"]}
-    outcomes = {}
-    for seed in range(1, 9):
-        with FaultProxy(moto.url, seed=seed, rate=1.0, faults=["cut_headers"]) as proxy:
-            driver = S3Driver.from_config(driver_params(proxy, bucket, root=""))
-            for kind, call in calls.items():
-                try:
-                    outcome = call(driver)
-                except TransientError:
-                    outcome = "transient"
-                outcomes.setdefault(kind, set()).add(outcome)
-        assert proxy.faults == {"cut_headers": proxy.requests.total()}
+    outcomes = cut_header_outcomes(
+        moto.url, lambda proxy: S3Driver.from_config(driver_params(proxy, bucket, root="")),
+        data, range(1, 9))
     assert all(seen <= {True, "transient"} for seen in outcomes.values()), outcomes
     assert any("transient" in seen for seen in outcomes.values()), outcomes
 
