@@ -33,10 +33,10 @@ MANIFESTS = {digest for digest, blob in UNIQUE.items() if reg.is_manifest(blob)}
 BLOBS = {digest for digest in UNIQUE if digest not in MANIFESTS}
 
 
-def sync(config: Path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config", str(config),
-                             "--json"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
-                            check=False)
+def sync(config: Path, command: str = "sync", *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "replicator", command, *args, "--config",
+                             str(config), "--json"], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=180, check=False)
     assert PASSWORD not in result.stdout + result.stderr, "a password leaked"
     assert S3_CREDENTIALS["secretkey"] not in result.stdout + result.stderr
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -70,6 +70,10 @@ def replicate_and_pull(tmp: Path, moto, upstream: dict, creds: str | None, url: 
     for entry in second["passes"]:
         assert (entry["tags_unchanged"], entry["blobs_copied"], entry["manifests_copied"]) == \
             (len(TAGS), 0, 0), entry
+    verified = sync(config, "verify", "--deep")   # tags read through the registry's API
+    assert verified["ok"] is True
+    for result in verified["destinations"]:
+        assert (result["drift"], result["tags_checked"]) == ([], len(TAGS)), result
     return {"first": first, "second": second}
 
 
