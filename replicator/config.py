@@ -85,7 +85,7 @@ class Cdn:
 @dataclass(frozen=True)
 class Region:
     """A region: Distribution storage (``storage``) or an OCI registry's HTTP API
-    (``registry``, a policy's source only), exactly one of them; behind a CDN or not."""
+    (``registry``), exactly one of them; behind a CDN or not."""
 
     name: str
     storage: StorageDriver | None
@@ -290,11 +290,7 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
             raise ConfigError(f"{field}.destinations", "must be a non-empty list of regions")
         destinations = tuple(_region_name(item, f"{field}.destinations[{position}]", regions)
                              for position, item in enumerate(raw_destinations))
-        for position, destination in enumerate(destinations):
-            if regions[destination].registry is not None:
-                raise ConfigError(f"{field}.destinations[{position}]",
-                                  f"region {destination!r} is a registry: a registry region can "
-                                  f"be a policy's source, not yet a destination")
+
         if source in destinations:
             raise ConfigError(f"{field}.destinations", f"includes the source region {source!r}")
         if len(set(destinations)) != len(destinations):
@@ -302,6 +298,9 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         delete = block.get("delete", False)
         if not isinstance(delete, bool):
             raise ConfigError(f"{field}.delete", "must be true or false")
+        if delete and any(regions[name].registry is not None for name in destinations):
+            raise ConfigError(f"{field}.delete", "tags are not deleted in registry destinations "
+                                                 "yet: keep delete false for this policy")
         policies.append(Policy(name, source, destinations,
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,

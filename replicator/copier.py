@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.errors import AccessDenied, NotFound
@@ -107,20 +108,32 @@ class BlobCopier:
     def _stream(self, name: str, blob: Descriptor) -> int:
         """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
         hasher = hashlib.sha256()
-        with self.destination.blob_writer(name, blob.digest) as writer:
-            try:
-                for chunk in self.source.blob_open(name, blob.digest):
-                    hasher.update(chunk)
-                    writer.write(chunk)
-            except NotFound:
-                raise _missing(blob) from None
+        size = 0
+
+        def check() -> None:
             actual = "sha256:" + hasher.hexdigest()
             if actual != blob.digest:
                 raise _corrupt(blob, actual)
-            if 0 <= blob.size != writer.size:
-                raise _wrong_size(blob, writer.size)
-            writer.commit()
-        return writer.size
+            if 0 <= blob.size != size:
+                raise _wrong_size(blob, size)
+
+        def chunks() -> Iterator[bytes]:
+            """The source's bytes, checked before the last one is handed on (a destination may
+            finish the upload as soon as it has ``blob.size`` bytes)."""
+            nonlocal size
+            try:
+                for chunk in self.source.blob_open(name, blob.digest):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    if 0 <= blob.size <= size:
+                        check()
+                    yield chunk
+            except NotFound:
+                raise _missing(blob) from None
+            check()
+
+        self.destination.blob_write(name, blob.digest, blob.size, chunks())
+        return size
 
     def _copy_server_side(self, name: str, blob: Descriptor, hashed: bool) -> bool:
         """Copy ``blob`` server-side once its size at the source is the manifest's; ``hashed``:

@@ -168,7 +168,8 @@ class DestinationPass:
             died = self.state.begin_pass(self.policy.name, self.destination_name, started)
             if died or self.options.audit:
                 self._sweep_abandoned_uploads()
-        self.held = self.destination.snapshot(self.repository, self.state, self.options.audit)
+        self.held = self.destination.destination_snapshot(self.repository, self.state,
+                                                          self.options.audit)
         self.failing = self.state.failures(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))

@@ -27,16 +27,13 @@ class TagPlan:
     blobs: tuple[Descriptor, ...]
     manifests: tuple[Manifest, ...]
     links: tuple[tuple[str, str], ...]
-    """(key, digest) pairs in write order: the tag's current link, when needed, comes after
-    every manifest's links and before only the tag's own index link."""
+    """Steps in write order, each (what, digest): for Distribution storage (key, digest) pairs,
+    the tag's current link, when needed, after every manifest's links and before only the
+    tag's own index link."""
     reused: frozenset[str]
     """Digests of referenced blobs and manifests the destination already holds."""
-
-    @property
-    def move(self) -> tuple[str, str] | None:
-        """The step that moves the tag to ``digest`` (its ``current/link``), if the plan has one."""
-        key = layout.tag_current_key(self.name, self.tag)
-        return next((step for step in self.links if step[0] == key), None)
+    move: tuple[str, str] | None = None
+    """The step of ``links`` that moves the tag to ``digest``, if the plan has one."""
 
     @property
     def empty(self) -> bool:
@@ -87,8 +84,9 @@ def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest]
         need_link(layout.revision_link_key(name, manifest.digest), manifest.digest)
 
     visit(digest)
-    if current != digest:
-        links.append((layout.tag_current_key(name, tag), digest))
+    move = (layout.tag_current_key(name, tag), digest) if current != digest else None
+    if move:
+        links.append(move)
     need_link(layout.tag_index_key(name, tag, digest), digest)
     return TagPlan(name, tag, digest, tuple(blobs.values()), tuple(needed_manifests.values()),
-                   tuple(links), frozenset(reused))
+                   tuple(links), frozenset(reused), move)

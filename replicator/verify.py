@@ -56,7 +56,7 @@ def verify(source: Endpoint, destination: Destination, tags: list[tuple[str, str
 
     Raises ``StorageError`` only if a region cannot be listed or read at all.
     """
-    held = destination.snapshot(None, None, audit=True)
+    held = destination.destination_snapshot(None, None, audit=True)
     checker = _Checker(destination, held, deep)
     for name, tag in tags:
         checker.check_tag(source, name, tag)
@@ -74,13 +74,13 @@ class _Checker:
     def check_tag(self, source: Endpoint, name: str, tag: str) -> None:
         self.result.tags_checked += 1
         expected = source.tag_read(name, tag)
-        if (name, tag) not in self.held.tags:
-            self._drift(name, tag, "missing-tag", f"source has {expected}")
-            return
         try:
             actual = self.held.tag_digest(name, tag)
         except (NotFound, layout.LayoutError) as error:
             self._drift(name, tag, "bad-link", str(error))
+            return
+        if actual is None:
+            self._drift(name, tag, "missing-tag", f"source has {expected}")
             return
         if actual != expected:
             self._drift(name, tag, "tag-mismatch", f"source {expected}, destination {actual}")
@@ -112,7 +112,7 @@ class _Checker:
 
     def _check_blob(self, name: str, tag: str, digest: str, size: int) -> None:
         self.result.blobs_checked += 1
-        held = self.held.holdings([digest])
+        held = self.held.holdings(name, [digest])
         if digest not in held:
             self._drift(name, tag, "missing-blob", digest)
             return

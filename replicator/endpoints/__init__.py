@@ -11,7 +11,7 @@ from replicator.endpoints.storage import StorageEndpoint
 
 def endpoint_for(region) -> Endpoint:
     """The endpoint of a configured region: Distribution storage over its driver, or a
-    registry over its HTTP API (a :class:`Destination` only for storage)."""
+    registry over its HTTP API; both are :class:`Destination` s."""
     if region.registry is not None:
         from replicator.endpoints.registry import RegistryEndpoint
         return RegistryEndpoint(region.name, region.registry)

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from drivers.base import ChunkedWriter, ObjectInfo, RequestCounter
+from drivers.base import ObjectInfo, RequestCounter
 from replicator.manifests import Manifest
 from replicator.planner import TagPlan
 
@@ -74,8 +74,9 @@ class DestinationSnapshot(Snapshot):
     Thread-safe for ``tag_digest``, ``holdings``, ``plan``, ``made`` and ``apply``."""
 
     @abstractmethod
-    def holdings(self, digests: Iterable[str]) -> Mapping[str, int]:
-        """Of ``digests`` (blobs and manifests), those the endpoint holds, with their sizes. May
+    def holdings(self, name: str, digests: Iterable[str]) -> Mapping[str, int]:
+        """Of ``digests`` (blobs) wanted in repository ``name``, those the endpoint holds there,
+        with their sizes (``UNKNOWN_SIZE`` where it cannot tell without another request). May
         list or probe once per digest and pass; never raises ``NotFound``."""
 
     @abstractmethod
@@ -181,17 +182,19 @@ class Destination(Endpoint):
     """An endpoint a pass also writes to."""
 
     @abstractmethod
-    def snapshot(self, repository: str | None, state, audit: bool,
-                 wanted: Selection | None = None) -> DestinationSnapshot:
-        """As :meth:`Endpoint.snapshot`, with what a pass writing here needs."""
+    def destination_snapshot(self, repository: str | None, state, audit: bool) -> DestinationSnapshot:
+        """What a pass writing here (or verifying what it holds) starts from: as
+        :meth:`Endpoint.snapshot`, with what such a pass needs. Raises ``StorageError``."""
 
     @abstractmethod
     def manifest_write(self, name: str, manifest: Manifest) -> None:
         """Store a checked manifest's bytes (invisible until a step refers to them)."""
 
     @abstractmethod
-    def blob_writer(self, name: str, digest: str) -> ChunkedWriter:
-        """A streaming write of the blob, invisible until committed."""
+    def blob_write(self, name: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+        """Store the blob from ``chunks`` (``size`` bytes, ``-1`` if unknown), visible only once
+        complete; memory bounded by a chunk. An exception raised by ``chunks`` (the caller's
+        check of the bytes) leaves nothing visible and propagates. Raises ``StorageError``."""
 
     @abstractmethod
     def blob_delete(self, name: str, digest: str) -> None:

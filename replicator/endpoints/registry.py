@@ -1,4 +1,5 @@
-"""An OCI registry over its HTTP API as an endpoint to replicate from (``drivers.registry``).
+"""An OCI registry over its HTTP API as an endpoint (``drivers.registry``), to replicate from
+or into.
 
 A snapshot lists the repositories (the configured names; with globs or none configured, the
 registry's ``_catalog`` filtered by them), each repository's ``tags/list`` (paged), and sends
@@ -6,6 +7,13 @@ one manifest ``HEAD`` per tag for its digest (``Docker-Content-Digest``): that i
 cost of a pass over an unchanged registry. The API gives no time of change, so a tag's time
 is when a snapshot first saw it. Manifests and blobs are read with ``GET`` (blobs streamed,
 redirects to blob storage followed, broken streams resumed), and checked by the engine.
+
+As a destination, nothing is listed: each tag's digest there is one manifest ``HEAD``, and
+what a tag needs is asked with a ``HEAD`` per blob and manifest of its repository (each once
+per pass). Writes go bottom-up as the API allows (DESIGN invariant 1): blobs (uploaded, or
+mounted from the repository of this destination that got them earlier in the pass), then
+each manifest by digest (an index's children first), then the tag. Tags are never deleted
+through the API yet.
 """
 
 from __future__ import annotations
@@ -15,18 +23,24 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 
+import threading
+from collections.abc import Iterable, Mapping
+
 from drivers.base import ObjectInfo, ObjectTooLarge
-from drivers.errors import NotFound
+from drivers.errors import NotFound, StorageError
 from drivers.registry import RegistryClient
 from replicator import layout
-from replicator.endpoints.base import Capabilities, Endpoint, Selection, Snapshot
+from replicator.endpoints.base import (Capabilities, Destination, DestinationSnapshot, Endpoint,
+                                       Selection, Snapshot)
+from replicator.manifests import Manifest
+from replicator.planner import TagPlan, is_foreign
 
 HEAD_CONCURRENCY = 8
 """Manifest HEADs in flight while a snapshot resolves tags to digests."""
 _GLOB = frozenset("*?[")
 
 
-class RegistryEndpoint(Endpoint):
+class RegistryEndpoint(Destination):
     """A registry at ``client``'s URL. ``client.repositories`` are names or globs (shell
     syntax, ``*`` matching ``/`` too); none means every repository of the catalog."""
 
@@ -39,6 +53,23 @@ class RegistryEndpoint(Endpoint):
         self.name = name
         self.client = client
         self.requests = client.requests
+        self._homes: dict[str, str] = {}
+        """digest -> a repository of this registry the blob was uploaded into (to mount from)."""
+        self._homes_lock = threading.Lock()
+
+    def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
+        """Lists nothing: a pass into a registry asks per tag, blob and manifest."""
+        return RegistryDestination(self)
+
+    def home(self, digest: str, name: str) -> str:
+        """Where to mount ``digest`` from into ``name`` (``name`` itself: upload it there)."""
+        with self._homes_lock:
+            return self._homes.setdefault(digest, name)
+
+    def homeless(self, digest: str) -> None:
+        """Forget where ``digest`` was (a mount from there failed)."""
+        with self._homes_lock:
+            self._homes.pop(digest, None)
 
     def describe(self) -> str:
         return self.client.describe()
@@ -99,6 +130,32 @@ class RegistryEndpoint(Endpoint):
     def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
         return self.client.blob_open(name, digest)
 
+    def manifest_write(self, name: str, manifest: Manifest) -> None:
+        self.client.manifest_put(name, manifest.digest, manifest.data, manifest.media_type)
+
+    def blob_write(self, name: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+        if size < 0:
+            raise StorageError(f"{self.describe()}: blob {digest} of unknown size: the API needs it")
+        self.client.blob_upload(name, digest, chunks, size)
+        with self._homes_lock:
+            self._homes.setdefault(digest, name)
+
+    def blob_delete(self, name: str, digest: str) -> None:
+        raise StorageError(f"{self.describe()}: blobs are never deleted through the API")
+
+    def copy_ability(self, source: Endpoint) -> str:
+        return ""
+
+    def hashes_copy(self, size: int) -> bool:
+        return False
+
+    def blob_copy_from(self, source: Endpoint, name: str, digest: str, size: int,
+                       hashed: bool) -> str | None:
+        raise TypeError("a registry destination copies no blob server-side from another endpoint")
+
+    def sweep_abandoned_uploads(self, older_than: float) -> int:
+        return 0
+
 
 class RegistrySnapshot(Snapshot):
     """Tags and their digests, as one listing of a registry resolved them."""
@@ -109,6 +166,139 @@ class RegistrySnapshot(Snapshot):
     def tag_digest(self, name: str, tag: str) -> str | None:
         entry = self.tags.get((name, tag))
         return None if entry is None else entry.etag
+
+
+class RegistryDestination(DestinationSnapshot):
+    """What a pass into a registry learnt of it: tags' digests, and what each repository holds,
+    each asked once (a ``HEAD``). Steps are ``(what, digest)``, ``what`` being ``blob <name>``,
+    ``manifest <name>`` or ``tag <name>:<tag>``."""
+
+    def __init__(self, endpoint: RegistryEndpoint):
+        self.endpoint = endpoint
+        self.client = endpoint.client
+        self.tags: dict[tuple[str, str], ObjectInfo] = {}
+        """Empty: nothing is listed (tags are never deleted through the API)."""
+        self._digests: dict[tuple[str, str], str | None] = {}
+        self._sizes: dict[tuple[str, str], int | None] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self._lock = threading.Lock()
+
+    def tag_digest(self, name: str, tag: str) -> str | None:
+        if (name, tag) not in self._digests:
+            info = self.client.manifest_head(name, tag)
+            self._digests[(name, tag)] = None if info is None else info.digest
+        return self._digests[(name, tag)]
+
+    def _size(self, name: str, digest: str, manifest: bool = False) -> int | None:
+        """The size of a blob (or manifest) in ``name``; ``None`` when it is not there."""
+        if (name, digest) not in self._sizes:
+            if manifest:
+                info = self.client.manifest_head(name, digest)
+                size = None if info is None else info.size
+            else:
+                size = self.client.blob_head(name, digest)
+            with self._lock:
+                self._sizes.setdefault((name, digest), size)
+        return self._sizes[(name, digest)]
+
+    def holdings(self, name: str, digests: Iterable[str]) -> Mapping[str, int]:
+        sizes = {digest: self._size(name, digest) for digest in set(digests)}
+        return {digest: size for digest, size in sizes.items() if size is not None}
+
+    def plan(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
+             current: str | None) -> TagPlan:
+        blobs: dict[str, object] = {}
+        steps: list[tuple[str, str]] = []
+        reused: set[str] = set()
+
+        def need(step: tuple[str, str]) -> None:
+            if step not in steps:
+                steps.append(step)
+
+        def visit(manifest_digest: str) -> None:
+            manifest = tree[manifest_digest]
+            for child in manifest.children:
+                visit(child.digest)
+            for blob in manifest.blobs:
+                if is_foreign(blob):
+                    continue
+                if self._size(name, blob.digest) is not None:
+                    reused.add(blob.digest)
+                    continue
+                blobs.setdefault(blob.digest, blob)
+                need((f"blob {name}", blob.digest))
+            with self._lock:
+                self._manifests[manifest.digest] = manifest
+            if self._size(name, manifest.digest, manifest=True) is not None:
+                reused.add(manifest.digest)
+            else:
+                need((f"manifest {name}", manifest.digest))
+
+        visit(digest)
+        move = (f"tag {name}:{tag}", digest) if current != digest else None
+        if move:
+            steps.append(move)
+        return TagPlan(name, tag, digest, tuple(blobs.values()), (), tuple(steps),
+                       frozenset(reused), move)
+
+    def made(self, step: tuple[str, str]) -> bool:
+        what, digest = step
+        kind, _, where = what.partition(" ")
+        if kind == "tag":
+            return self._digests.get(tuple(where.rsplit(":", 1))) == digest
+        return self._sizes.get((where, digest)) is not None
+
+    def describe(self, step: tuple[str, str]) -> str:
+        return f"put {step[0]} -> {step[1]}"
+
+    def apply(self, step: tuple[str, str]) -> str:
+        what, digest = step
+        kind, _, where = what.partition(" ")
+        if kind == "blob":
+            self._place_blob(where, digest)
+        elif kind == "manifest":
+            manifest = self._manifests[digest]
+            self.client.manifest_put(where, digest, manifest.data, manifest.media_type)
+        else:
+            name, tag = where.rsplit(":", 1)
+            manifest = self._manifests[digest]
+            self.client.manifest_put(name, tag, manifest.data, manifest.media_type)
+            self._digests[(name, tag)] = digest
+            return digest
+        with self._lock:
+            self._sizes[(where, digest)] = -1
+        return digest
+
+    def _place_blob(self, name: str, digest: str) -> None:
+        """The blob into ``name``: uploaded there by the copier this pass, or mounted from the
+        repository of this registry it was uploaded into first."""
+        home = self.endpoint.home(digest, name)
+        if home != name and not self.client.blob_mount(name, digest, home):
+            self.endpoint.homeless(digest)
+            raise StorageError(f"{self.endpoint.describe()}: blob {digest} could not be mounted "
+                               f"into {name} from {home}; the next pass uploads it")
+
+    def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
+        return None
+
+    def record_tag(self, name: str, tag: str, token: str, digest: str) -> None:
+        self._digests[(name, tag)] = digest
+
+    def tag_removal(self, name: str, tag: str) -> list[tuple[str, str]]:
+        raise StorageError(f"{self.endpoint.describe()}: tags are not deleted through the API")
+
+    def remove(self, step: tuple[str, str]) -> None:
+        raise StorageError(f"{self.endpoint.describe()}: tags are not deleted through the API")
+
+    def forget_tag(self, name: str, tag: str) -> None:
+        self._digests.pop((name, tag), None)
+
+    def missing_references(self, name: str, tag: str, manifest: Manifest,
+                           blobs: Iterable[str]) -> list[tuple[str, str]]:
+        return []
+
+    def missing_history(self, name: str, tag: str, digest: str) -> list[tuple[str, str]]:
+        return []
 
 
 def _valid_tag(tag: str) -> bool:

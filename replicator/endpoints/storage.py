@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
-from drivers.base import ChunkedWriter, HashedServerSideCopy, ServerSideCopy, StorageDriver
+from drivers.base import HashedServerSideCopy, ServerSideCopy, StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
 from replicator.endpoints.base import (Capabilities, Destination, DestinationSnapshot, Endpoint,
@@ -53,6 +53,9 @@ class StorageEndpoint(Destination):
     def tag_read(self, name: str, tag: str) -> str:
         return layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
 
+    def destination_snapshot(self, repository: str | None, state, audit: bool) -> StorageSnapshot:
+        return self.snapshot(repository, state, audit)
+
     def probe(self) -> None:
         next(iter(self.storage.list(layout.ROOT)), None)
 
@@ -68,8 +71,11 @@ class StorageEndpoint(Destination):
     def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
         return self.storage.open(layout.blob_key(digest))
 
-    def blob_writer(self, name: str, digest: str) -> ChunkedWriter:
-        return self.storage.writer(layout.blob_key(digest))
+    def blob_write(self, name: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
+        with self.storage.writer(layout.blob_key(digest)) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.commit()
 
     def blob_delete(self, name: str, digest: str) -> None:
         self.storage.delete(layout.blob_key(digest))
@@ -112,7 +118,7 @@ class StorageSnapshot(DestinationSnapshot):
     def tag_digest(self, name: str, tag: str) -> str | None:
         return self.links.digest(name, tag)
 
-    def holdings(self, digests: Iterable[str]) -> Mapping[str, int]:
+    def holdings(self, name: str, digests: Iterable[str]) -> Mapping[str, int]:
         """From one listing of all blobs in a full pass, from a probe of each digest in a
         targeted one."""
         storage = self.endpoint.storage
@@ -135,7 +141,8 @@ class StorageSnapshot(DestinationSnapshot):
 
     def plan(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
              current: str | None) -> TagPlan:
-        present = self.holdings({d for m in tree.values() for d in (m.digest, *(b.digest for b in m.blobs))})
+        present = self.holdings(name, {d for m in tree.values()
+                                       for d in (m.digest, *(b.digest for b in m.blobs))})
         return plan_tag(name, tag, digest, tree, present, self.inventory.links, current)
 
     def made(self, step: tuple[str, str]) -> bool:

@@ -1,0 +1,112 @@
+"""Registries over their HTTP API as destinations: storage -> registry and registry ->
+registry, in one policy with a storage destination beside them.
+
+Images are pushed with skopeo to Debian's docker-registry A on a filesystem root (the
+primary): a single-platform OCI image, a multi-arch index and a Docker-format image in a second
+repository, sharing a base layer. One policy replicates A's storage into registry B (an empty
+docker-registry, written through its API) and a filesystem region; another replicates A
+through its API into registry C. skopeo pulls every image from B and C with A's digests. A blob
+shared by two repositories is uploaded once and mounted into the second. A second pass writes
+nothing: a manifest HEAD per tag at each registry destination.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicator import sample_images as si
+from tests import registry as reg
+from tests.test_e2e_sync import REPO_ROOT, WEB_1_0, WEB_MULTI, expected_pull, write_config
+
+TOOLS = si.image([WEB_1_0.blobs[1], si.layer({"usr/bin/tool": b"registry destination tool\n"})])
+TAGS = {("apps/web", "1.0"): WEB_1_0, ("apps/web", "multi"): WEB_MULTI, ("base/tools", "1"): TOOLS}
+UNIQUE = reg.unique_blobs(TAGS.values())
+MANIFESTS = {digest for digest, blob in UNIQUE.items() if reg.is_manifest(blob)}
+BLOBS = {digest for digest in UNIQUE if digest not in MANIFESTS}
+SHARED = {blob.digest for blob in TOOLS.blobs} & {b.digest for image in (WEB_1_0, WEB_MULTI)
+                                                  for b in image.all_blobs()}
+
+
+def run(config: Path, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "replicator", *args, "--config", str(config),
+                             "--json"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {kind: n for kind, n in counts.items() if n}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("registry-destination")
+    primary = reg.filesystem_storage(tmp / "primary")
+    services = [reg.start_registry(primary, tmp / "logs")]
+    try:
+        for (repository, tag), image in TAGS.items():
+            reg.push(services[0].url, repository, tag, image, tmp / "work")
+        services += [reg.start_registry(reg.filesystem_storage(tmp / name), tmp / "logs")
+                     for name in ("b", "c")]
+        a, b, c = (service.url for service in services)
+        config = write_config(tmp / "replicator.yml", {
+            "state": {"path": str(tmp / "state.db")}, "concurrency": 1,
+            "regions": {"primary": {"storage": primary}, "api-a": {"registry": {"url": a}},
+                        "b": {"registry": {"url": b}}, "c": {"registry": {"url": c}},
+                        "local": {"storage": reg.filesystem_storage(tmp / "local")}},
+            "policies": [{"name": "out", "source": "primary", "destinations": ["b", "local"]},
+                         {"name": "api", "source": "api-a", "destinations": ["c"]}]})
+        first, second = run(config, "sync"), run(config, "sync")
+        verified = run(config, "verify", "--deep")
+        yield tmp, services, first, second, verified
+    finally:
+        for service in services:
+            service.stop()
+
+
+@pytest.mark.parametrize("registry", [1, 2], ids=["storage-to-registry", "registry-to-registry"])
+def test_every_image_is_pulled_from_the_registry_destination_with_its_digest(world, registry):
+    tmp, services, first, _, _ = world
+    url = services[registry].url
+    for (repository, tag), image in TAGS.items():
+        pulled = reg.pull(url, repository, tag, tmp / "pulls" / str(registry) / repository / tag)
+        assert (reg.manifest_digest(url, repository, tag), pulled) == expected_pull(image)
+
+
+def test_first_passes_upload_each_blob_once_and_mount_the_shared_one(world):
+    _, _, first, _, _ = world
+    passes = {entry["destination"]: entry for entry in first["passes"]}
+    for name in ("b", "local", "c"):
+        entry = passes[name]
+        assert (entry["tags_replicated"], entry["tags_failed"], entry["blobs_copied"]) == \
+            (len(TAGS), 0, len(BLOBS)), entry
+    for name in ("b", "c"):
+        requests = first["requests"][name]
+        assert requests["copy"] == len(SHARED)   # mounted into base/tools from apps/web
+        assert requests["get"] == 0 and requests["delete"] == 0
+    print(f"\nregistry destinations, first pass: b {first['requests']['b']}, c {first['requests']['c']}")
+
+
+def test_a_second_pass_writes_nothing_and_heads_each_tag_once(world):
+    _, _, _, second, _ = world
+    for entry in second["passes"]:
+        assert (entry["tags_unchanged"], entry["blobs_copied"], entry["manifests_copied"]) == \
+            (len(TAGS), 0, 0), entry
+    for name in ("b", "c"):
+        assert nonzero(second["requests"][name]) == {"head": len(TAGS)}, second["requests"][name]
+    assert nonzero(second["requests"]["local"]) == {"list": 1}
+    print(f"\nregistry destinations, no-change pass: {second['requests']}")
+
+
+def test_verify_deep_reads_the_registry_destinations_through_their_api(world):
+    _, _, _, _, verified = world
+    assert verified["ok"] is True
+    for result in verified["destinations"]:
+        assert (result["drift"], result["tags_checked"]) == ([], len(TAGS)), result
+        assert result["bytes_hashed"] > 0
