@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from drivers.registry import RegistryClient
 from replicator import sample_images as si
 from tests import registry as reg
+from tests.faults import REGISTRY, FaultProxy
 from tests.test_e2e_sync import REPO_ROOT, WEB_1_0, WEB_MULTI, expected_pull, write_config
 
 TOOLS = si.image([WEB_1_0.blobs[1], si.layer({"usr/bin/tool": b"registry destination tool\n"})])
@@ -110,3 +113,71 @@ def test_verify_deep_reads_the_registry_destinations_through_their_api(world):
     for result in verified["destinations"]:
         assert (result["drift"], result["tags_checked"]) == ([], len(TAGS)), result
         assert result["bytes_hashed"] > 0
+
+
+def complete(client: RegistryClient, repository: str, image: si.Image) -> bool:
+    """Whether everything a pull of ``image`` needs is in ``repository``."""
+    for item in (image, *image.children):
+        if client.manifest_head(repository, item.digest) is None:
+            return False
+        if any(client.blob_head(repository, blob.digest) is None for blob in item.blobs):
+            return False
+    return True
+
+
+def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early(tmp_path):
+    """Registry D behind a proxy answering 30% of requests with 429 (``Retry-After: 1``) or
+    503: the passes converge; after a 429 the replicator's requests to D wait (at most the
+    requests already under way arrive within the second); a reader of D, straight, never sees
+    a tag before everything a pull of it needs."""
+    primary = reg.filesystem_storage(tmp_path / "primary")
+    with reg.start_registry(primary, tmp_path / "logs") as a:
+        for (repository, tag), image in TAGS.items():
+            reg.push(a.url, repository, tag, image, tmp_path / "work")
+    with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d, \
+            FaultProxy(d.url, seed=11, rate=0.3, faults=["throttle", "error503"],
+                       protocol=REGISTRY) as proxy:
+        config = write_config(tmp_path / "replicator.yml", {
+            "state": {"path": str(tmp_path / "state.db")}, "concurrency": 2,
+            "regions": {"primary": {"storage": primary}, "d": {"registry": {"url": proxy.url}}},
+            "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+        reader = RegistryClient.from_config({"url": d.url})
+        early: list[tuple[str, str]] = []
+        checks = [0]
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                for (repository, tag), image in TAGS.items():
+                    info = reader.manifest_head(repository, tag)
+                    if info is not None and (info.digest != image.digest
+                                             or not complete(reader, repository, image)):
+                        early.append((repository, tag))
+                checks[0] += 1
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        codes = []
+        try:
+            for _ in range(6):
+                result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config",
+                                         str(config), "--json"], capture_output=True, text=True,
+                                        cwd=REPO_ROOT, timeout=300, check=False)
+                assert result.returncode in (0, 1), result.stderr[-3000:]
+                assert "Traceback" not in result.stderr
+                codes.append(result.returncode)
+                if result.returncode == 0:
+                    break
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        assert codes[-1] == 0, codes
+        assert early == [] and checks[0] > 0
+        assert proxy.faults["throttle"] > 0 and proxy.faults["error503"] > 0
+        for throttled in (event for event in proxy.events if event.fault == "throttle"):
+            soon = [e for e in proxy.events if throttled.at < e.at < throttled.at + 0.9]
+            assert len(soon) <= 2, (throttled, soon)   # the requests already under way
+        for (repository, tag), image in TAGS.items():
+            assert reg.manifest_digest(d.url, repository, tag) == image.digest
+    print(f"\nthrottling registry destination: sync exit codes {codes}; faults {dict(proxy.faults)};"
+          f" reader checks {checks[0]}, none early")
