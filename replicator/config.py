@@ -298,9 +298,6 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         delete = block.get("delete", False)
         if not isinstance(delete, bool):
             raise ConfigError(f"{field}.delete", "must be true or false")
-        if delete and any(regions[name].registry is not None for name in destinations):
-            raise ConfigError(f"{field}.delete", "tags are not deleted in registry destinations "
-                                                 "yet: keep delete false for this policy")
         policies.append(Policy(name, source, destinations,
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,

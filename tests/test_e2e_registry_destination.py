@@ -1,5 +1,5 @@
 """Registries over their HTTP API as destinations: storage -> registry and registry ->
-registry, in one policy with a storage destination beside them.
+registry, in one policy with a storage destination beside them; throttling; deletions.
 
 Images are pushed with skopeo to Debian's docker-registry A on a filesystem root (the
 primary): a single-platform OCI image, a multi-arch index and a Docker-format image in a second
@@ -13,6 +13,7 @@ nothing: a manifest HEAD per tag at each registry destination.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from drivers.filesystem import FilesystemDriver
 from drivers.registry import RegistryClient
 from replicator import sample_images as si
+from replicator.demo import publish
 from tests import registry as reg
 from tests.faults import REGISTRY, FaultProxy
 from tests.test_e2e_sync import REPO_ROOT, WEB_1_0, WEB_MULTI, expected_pull, write_config
@@ -181,3 +184,43 @@ def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early
             assert reg.manifest_digest(d.url, repository, tag) == image.digest
     print(f"\nthrottling registry destination: sync exit codes {codes}; faults {dict(proxy.faults)};"
           f" reader checks {checks[0]}, none early")
+
+
+def test_deleting_tags_in_a_registry_destination(tmp_path):
+    """With ``delete: true``: a tag removed at the source is deleted at the registry destination
+    with its manifest; one whose manifest another tag there carries is kept, failing with the
+    reason; a registry that has deletes disabled fails the tag with its 405."""
+    source = tmp_path / "source"
+    primary = FilesystemDriver(str(source))
+    images = {("apps/web", "1.0"): WEB_1_0, ("apps/web", "multi"): WEB_MULTI,
+              ("apps/web", "same"): WEB_1_0, ("base/tools", "1"): TOOLS}
+    for (repository, tag), image in images.items():
+        publish(primary, repository, tag, image)
+    with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d, \
+            reg.start_registry(reg.filesystem_storage(tmp_path / "e"), tmp_path / "logs",
+                               delete=False) as e:
+        config = write_config(tmp_path / "replicator.yml", {
+            "state": {"path": str(tmp_path / "state.db")},
+            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
+                        "d": {"registry": {"url": d.url}}, "e": {"registry": {"url": e.url}}},
+            "policies": [{"name": "p", "source": "primary", "destinations": ["d", "e"],
+                          "delete": True}]})
+        assert all(entry["tags_replicated"] == len(images) for entry in run(config, "sync")["passes"])
+        for tag in ("multi", "1.0"):   # "1.0" shares its manifest with "same"
+            shutil.rmtree(source / reg.V2 / "repositories" / "apps/web" / "_manifests" / "tags" / tag)
+        result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config",
+                                 str(config), "--json"], capture_output=True, text=True,
+                                cwd=REPO_ROOT, timeout=180, check=False)
+        assert result.returncode == 1, result.stderr[-3000:]
+        passes = {entry["destination"]: entry for entry in json.loads(result.stdout)["passes"]}
+        assert passes["d"]["tags_deleted"] == 1
+        [shared] = passes["d"]["failures"]
+        assert (shared["repository"], shared["tag"]) == ("apps/web", "1.0")
+        assert "also carries same" in shared["error"]
+        client = RegistryClient.from_config({"url": d.url})
+        assert client.manifest_head("apps/web", "multi") is None
+        assert client.manifest_head("apps/web", "same").digest == WEB_1_0.digest
+        assert client.manifest_head("base/tools", "1").digest == TOOLS.digest
+        refused = {f["tag"]: f["error"] for f in passes["e"]["failures"]}
+        assert "UNSUPPORTED" in refused["multi"] and "also carries same" in refused["1.0"]
+        assert RegistryClient.from_config({"url": e.url}).manifest_head("apps/web", "multi") is not None

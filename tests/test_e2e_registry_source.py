@@ -109,14 +109,3 @@ def test_a_token_protected_upstream_without_catalog_over_tls(moto, tmp_path):
     second = runs["second"]["requests"]["upstream"]
     assert nonzero(second)["head"] == len(TAGS) and "get" not in nonzero(second)
     assert tokens.issued >= 1
-
-
-def test_deleting_tags_in_a_registry_destination_is_a_configuration_error(tmp_path):
-    config = write_config(tmp_path / "replicator.yml", {
-        "regions": {"a": {"storage": reg.filesystem_storage(tmp_path / "a")},
-                    "b": {"registry": {"url": "http://127.0.0.1:1"}}},
-        "policies": [{"name": "p", "source": "a", "destinations": ["b"], "delete": True}]})
-    result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config", str(config)],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
-    assert result.returncode == 2
-    assert "policies[0].delete" in result.stderr and "registry" in result.stderr

@@ -58,8 +58,9 @@ class RegistryEndpoint(Destination):
         self._homes_lock = threading.Lock()
 
     def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
-        """Lists nothing: a pass into a registry asks per tag, blob and manifest."""
-        return RegistryDestination(self)
+        """Lists nothing up front: a pass into a registry asks per tag, blob and manifest (its
+        ``tags`` are listed only when asked for, by a policy that deletes)."""
+        return RegistryDestination(self, repository)
 
     def home(self, digest: str, name: str) -> str:
         """Where to mount ``digest`` from into ``name`` (``name`` itself: upload it there)."""
@@ -90,7 +91,7 @@ class RegistryEndpoint(Destination):
         names = [repository] if repository else self.repositories()
         if wanted is not None:
             names = [name for name in names if wanted.repository(name)]
-        tags = [(name, tag) for name in names for tag in self._tags(name)
+        tags = [(name, tag) for name in names for tag in self.tag_names(name)
                 if wanted is None or wanted.tag(name, tag)]
         with ThreadPoolExecutor(HEAD_CONCURRENCY, "manifest-head") as pool:
             infos = list(pool.map(lambda key: self.client.manifest_head(*key), tags))
@@ -99,7 +100,9 @@ class RegistryEndpoint(Destination):
                    for key, info in zip(tags, infos) if info is not None}
         return RegistrySnapshot(entries)
 
-    def _tags(self, name: str) -> list[str]:
+    def tag_names(self, name: str) -> list[str]:
+        """The repository's tags (that Distribution's grammar allows), sorted; none if it does
+        not exist."""
         try:
             return sorted({tag for page in self.client.tag_list(name) for tag in page
                            if _valid_tag(tag)})
@@ -173,15 +176,25 @@ class RegistryDestination(DestinationSnapshot):
     each asked once (a ``HEAD``). Steps are ``(what, digest)``, ``what`` being ``blob <name>``,
     ``manifest <name>`` or ``tag <name>:<tag>``."""
 
-    def __init__(self, endpoint: RegistryEndpoint):
+    def __init__(self, endpoint: RegistryEndpoint, repository: str | None = None):
         self.endpoint = endpoint
         self.client = endpoint.client
-        self.tags: dict[tuple[str, str], ObjectInfo] = {}
-        """Empty: nothing is listed (tags are never deleted through the API)."""
+        self.repository = repository
+        self._tags: dict[tuple[str, str], ObjectInfo] | None = None
         self._digests: dict[tuple[str, str], str | None] = {}
         self._sizes: dict[tuple[str, str], int | None] = {}
         self._manifests: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+
+    @property
+    def tags(self) -> Mapping[tuple[str, str], ObjectInfo]:
+        """The destination's tags, listed on first use: its repositories (the configured names,
+        or the catalog's) and a ``tags/list`` each; digests are HEADed only where needed."""
+        if self._tags is None:
+            names = [self.repository] if self.repository else self.endpoint.repositories()
+            self._tags = {(name, tag): ObjectInfo(f"{name}:{tag}", -1, "", 0.0)
+                          for name in names for tag in self.endpoint.tag_names(name)}
+        return self._tags
 
     def tag_digest(self, name: str, tag: str) -> str | None:
         if (name, tag) not in self._digests:
@@ -285,10 +298,26 @@ class RegistryDestination(DestinationSnapshot):
         self._digests[(name, tag)] = digest
 
     def tag_removal(self, name: str, tag: str) -> list[tuple[str, str]]:
-        raise StorageError(f"{self.endpoint.describe()}: tags are not deleted through the API")
+        """Distribution's API deletes a tag only with its manifest (and every other tag on it):
+        a tag sharing its manifest with another tag of the repository is not deleted, with a
+        ``StorageError`` saying why."""
+        digest = self.tag_digest(name, tag)
+        if digest is None:
+            return []
+        sharing = sorted(other for repository, other in self.tags
+                         if repository == name and other != tag
+                         and self.tag_digest(repository, other) == digest)
+        if sharing:
+            raise StorageError(f"{self.endpoint.describe()}: {name}:{tag} is not deleted: its "
+                               f"manifest {digest} also carries {', '.join(sharing)}, which the "
+                               f"registry's API would delete with it")
+        return [(f"manifest {name}", digest)]
 
     def remove(self, step: tuple[str, str]) -> None:
-        raise StorageError(f"{self.endpoint.describe()}: tags are not deleted through the API")
+        """Delete the manifest (and so the tag). Raises ``Unsupported`` (a ``StorageError``)
+        where the registry has deletes disabled."""
+        what, digest = step
+        self.client.manifest_delete(what.partition(" ")[2], digest)
 
     def forget_tag(self, name: str, tag: str) -> None:
         self._digests.pop((name, tag), None)
