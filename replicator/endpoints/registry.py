@@ -12,19 +12,18 @@ As a destination, nothing is listed: each tag's digest there is one manifest ``H
 what a tag needs is asked with a ``HEAD`` per blob and manifest of its repository (each once
 per pass). Writes go bottom-up as the API allows (DESIGN invariant 1): blobs (uploaded, or
 mounted from the repository of this destination that got them earlier in the pass), then
-each manifest by digest (an index's children first), then the tag. Tags are never deleted
-through the API yet.
+each manifest by digest (an index's children first), then the tag. A policy that deletes
+lists the destination's tags (``tags/list`` per repository) and deletes a tag with its
+manifest, which the API allows only while no other tag carries that manifest.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
-
-import threading
-from collections.abc import Iterable, Mapping
 
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
