@@ -27,6 +27,7 @@ from replicator import sample_images as si
 from replicator.demo import publish
 from tests import registry as reg
 from tests.faults import REGISTRY, FaultProxy
+from tests.registry_auth import TokenServer, make_tls, tls_section
 from tests.test_e2e_sync import REPO_ROOT, WEB_1_0, WEB_MULTI, expected_pull, write_config
 
 TOOLS = si.image([WEB_1_0.blobs[1], si.layer({"usr/bin/tool": b"registry destination tool\n"})])
@@ -224,3 +225,39 @@ def test_deleting_tags_in_a_registry_destination(tmp_path):
         refused = {f["tag"]: f["error"] for f in passes["e"]["failures"]}
         assert "UNSUPPORTED" in refused["multi"] and "also carries same" in refused["1.0"]
         assert RegistryClient.from_config({"url": e.url}).manifest_head("apps/web", "multi") is not None
+
+
+def test_a_token_protected_registry_destination_over_tls(tmp_path):
+    """Into registry T behind token auth over TLS (a CA the test makes): every image is pulled
+    from T with its digest, the shared layer mounted across repositories with a token that
+    grants pull on the source repository too; the password never shows."""
+    password = "destination-Passw0rd-for-tests"
+    source = tmp_path / "source"
+    primary = FilesystemDriver(str(source))
+    for (repository, tag), image in TAGS.items():
+        publish(primary, repository, tag, image)
+    tls = make_tls(tmp_path / "tls")
+    grants = {"writer": {repository: ["pull", "push"] for repository, _ in TAGS}}
+    with TokenServer(tmp_path / "token", {"writer": password}, grants) as tokens, \
+            reg.start_registry(reg.filesystem_storage(tmp_path / "t"), tmp_path / "logs",
+                               auth=tokens.auth_section(), tls=tls_section(tls)) as t:
+        config = write_config(tmp_path / "replicator.yml", {
+            "state": {"path": str(tmp_path / "state.db")}, "concurrency": 1,
+            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
+                        "t": {"registry": {"url": t.url, "username": "writer",
+                                           "password": password, "cacert": str(tls.ca)}}},
+            "policies": [{"name": "p", "source": "primary", "destinations": ["t"]}]})
+        result = subprocess.run([sys.executable, "-m", "replicator", "sync", "--config",
+                                 str(config), "--json"], capture_output=True, text=True,
+                                cwd=REPO_ROOT, timeout=180, check=False)
+        assert password not in result.stdout + result.stderr
+        assert result.returncode == 0, result.stderr[-3000:]
+        [entry] = json.loads(result.stdout)["passes"]
+        assert (entry["tags_replicated"], entry["blobs_copied"]) == (len(TAGS), len(BLOBS))
+        assert json.loads(result.stdout)["requests"]["t"]["copy"] == len(SHARED)
+        for (repository, tag), image in TAGS.items():
+            pulled = reg.pull(t.url, repository, tag, tmp_path / "pulls" / repository / tag,
+                              creds=f"writer:{password}")
+            assert (reg.manifest_digest(t.url, repository, tag, creds=f"writer:{password}"),
+                    pulled) == expected_pull(image)
+        assert tokens.issued >= 1
