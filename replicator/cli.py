@@ -107,10 +107,10 @@ def _shard(args: argparse.Namespace) -> Shard:
     return parse_shard(args.shard, socket.gethostname())
 
 
-def _load_config(args: argparse.Namespace) -> config_module.Config:
+def _load_config(args: argparse.Namespace, clients: bool = True) -> config_module.Config:
     if not args.config:
         raise ConfigError("--config", "is required (or set REPLICATOR_CONFIG)")
-    return config_module.load(args.config)
+    return config_module.load(args.config, clients=clients)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +160,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    config = _load_config(args)
+    config = _load_config(args, clients=False)   # the state store alone: no credentials needed
     state = StateStore(config.state_path)
     try:
         statuses = destination_statuses(config, state)

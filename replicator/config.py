@@ -120,8 +120,17 @@ class Config:
         raise ConfigError("--policy", f"no policy named {name!r}")
 
 
-def load(path: str | Path) -> Config:
-    """Read, expand and validate a configuration file. Raises ``ConfigError``."""
+CLIENT_BLOCKS = ("storage", "registry", "cdn")
+"""The parts of a region that build clients (and hold credentials)."""
+
+
+def load(path: str | Path, *, clients: bool = True) -> Config:
+    """Read, expand and validate a configuration file. Raises ``ConfigError``.
+
+    Without ``clients`` (for commands that read only the state store, such as ``status``), the
+    regions' storage, registry and CDN blocks are neither expanded nor built, so that no
+    credential (nor the environment variables holding them) is needed; such a configuration's
+    regions have no clients."""
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -132,7 +141,19 @@ def load(path: str | Path) -> Config:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("", f"{path}: invalid YAML{where}") from None
-    return parse(expand(document, ""), base=Path(path).parent)
+    if not clients:
+        document = _without_clients(document)
+    return parse(expand(document, ""), base=Path(path).parent, clients=clients)
+
+
+def _without_clients(document: object) -> object:
+    """``document`` with each region's client blocks replaced by empty mappings."""
+    if not isinstance(document, dict) or not isinstance(document.get("regions"), dict):
+        return document
+    regions = {name: {key: ({} if key in CLIENT_BLOCKS else value) for key, value in block.items()}
+               if isinstance(block, dict) else block
+               for name, block in document["regions"].items()}
+    return {**document, "regions": regions}
 
 
 def expand(value: object, field: str) -> object:
@@ -151,8 +172,9 @@ def expand(value: object, field: str) -> object:
     return value
 
 
-def parse(document: object, base: Path = Path(".")) -> Config:
-    """Validate an expanded document. Relative state paths are taken from ``base``."""
+def parse(document: object, base: Path = Path("."), clients: bool = True) -> Config:
+    """Validate an expanded document. Relative state paths are taken from ``base``; without
+    ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
                                    "audit_interval", "server_side_copy", "abandoned_uploads_after"})
     state = _mapping(root.get("state", {}), "state", {"path"})
@@ -162,7 +184,7 @@ def parse(document: object, base: Path = Path(".")) -> Config:
     abandoned = duration(root.get("abandoned_uploads_after", DEFAULT_ABANDONED_UPLOADS),
                          "abandoned_uploads_after", allow_zero=True)
     server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
-    regions = _regions(root.get("regions"))
+    regions = _regions(root.get("regions"), clients)
     policies = _policies(root.get("policies"), regions)
     return Config(base / state_path, regions, policies, concurrency,
                   _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
@@ -219,7 +241,7 @@ def _schedule(value: object, field: str) -> Schedule:
     return Schedule(interval=None, cron=expression)
 
 
-def _regions(value: object) -> dict[str, Region]:
+def _regions(value: object, clients: bool = True) -> dict[str, Region]:
     if not value:
         raise ConfigError("regions", "at least one region is required")
     regions = {}
@@ -228,6 +250,9 @@ def _regions(value: object) -> dict[str, Region]:
         region = _mapping(block, field, {"storage", "registry", "cdn", "layout"})
         if ("storage" in region) == ("registry" in region):
             raise ConfigError(f"{field}.storage", "is required (or, instead, a registry block)")
+        if not clients:
+            regions[str(name)] = Region(str(name), None)
+            continue
         cdn = _cdn(region["cdn"], f"{field}.cdn") if "cdn" in region else None
         if "registry" in region:
             if "layout" in region:

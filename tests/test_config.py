@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import yaml
 from drivers import open_storage
 from drivers.errors import ConfigError
 from replicator import config
+from tests.test_e2e_sync import REPO_ROOT, write_config
 
 SECRET = "s3cr3t-Value-That-Must-Not-Leak"
 
@@ -161,3 +163,29 @@ def test_a_registry_3_storage_block_of_every_backend_loads(kind):
 def test_s3_usefipsendpoint_reaches_botocore():
     fips = open_storage({"s3": {**REGISTRY_3_BLOCKS["s3"], "regionendpoint": None}})
     assert fips._client.meta.config.use_fips_endpoint is True
+
+
+def test_status_needs_no_credentials_and_sync_names_the_missing_one(tmp_path):
+    """``status`` reads the state store alone: a configuration whose secrets are in unset
+    variables, or whose registry is unreachable, still gives it; ``sync`` stops with exit 2
+    naming the field."""
+    config = write_config(tmp_path / "replicator.yml", {
+        "state": {"path": str(tmp_path / "state.db")},
+        "regions": {"a": {"registry": {"url": "https://127.0.0.1:1", "username": "u",
+                                       "password": "${REPLICATOR_TEST_UNSET_PASSWORD}"}},
+                    "b": {"storage": {"s3": {"bucket": "b", "region": "us-east-1",
+                                             "accesskey": "${REPLICATOR_TEST_UNSET_KEY}",
+                                             "secretkey": "${REPLICATOR_TEST_UNSET_KEY}"}}}},
+        "policies": [{"name": "p", "source": "a", "destinations": ["b"]}]})
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicator", *args, "--config", str(config)],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    [destination] = json.loads(status.stdout)["destinations"]
+    assert (destination["policy"], destination["source"], destination["destination"]) == ("p", "a", "b")
+    sync = run("sync")
+    assert sync.returncode == 2
+    assert "regions.a.registry.password" in sync.stderr and "REPLICATOR_TEST_UNSET_PASSWORD" in sync.stderr
