@@ -10,6 +10,8 @@ Deleting the database costs one full re-scan, nothing else. It holds:
 - ``purges``: the durable CDN purge queue: a purge is recorded (not ready) before the tag link
   it follows is written, made ready once it is written, retried until the provider accepts
   it, and deduplicated by (destination, URL);
+- ``blob_homes``: for each registry destination, a repository holding each blob it was given,
+  so that later runs mount the blob into other repositories instead of uploading it again;
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
   the source: the lag is the age of the oldest.
@@ -68,6 +70,12 @@ def _pending_noted(db: sqlite_utils.Database) -> None:
 def _running_passes(db: sqlite_utils.Database) -> None:
     db["running"].create({"policy": str, "destination": str, "started": float},
                          pk=("policy", "destination"))
+
+
+@migrations(name="0005_blob_homes")
+def _blob_homes(db: sqlite_utils.Database) -> None:
+    db["blob_homes"].create({"destination": str, "digest": str, "repository": str},
+                            pk=("destination", "digest"))
 
 
 @dataclass(frozen=True)
@@ -326,6 +334,24 @@ class StateStore:
                 "update purges set attempts = attempts + 1, error = ?, next_try = ? "
                 "where destination = ? and url = ?",
                 [(error, next_try, destination, url) for url in urls])
+
+    def blob_home(self, destination: str, digest: str) -> str | None:
+        """A repository of a registry destination known to hold the blob (to mount it from)."""
+        with self._lock:
+            rows = list(self.db.query("select repository from blob_homes where destination = ? "
+                                      "and digest = ?", [destination, digest]))
+        return rows[0]["repository"] if rows else None
+
+    def record_blob_home(self, destination: str, digest: str, repository: str) -> None:
+        """Remember the first repository of ``destination`` seen holding the blob."""
+        with self._lock, self.db.conn:
+            self.db.execute("insert or ignore into blob_homes (destination, digest, repository) "
+                            "values (?, ?, ?)", [destination, digest, repository])
+
+    def forget_blob_home(self, destination: str, digest: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from blob_homes where destination = ? and digest = ?",
+                            [destination, digest])
 
     def outstanding_purges(self, destination: str) -> list[PurgeItem]:
         """Every purge not yet accepted by the provider, oldest first."""

@@ -261,3 +261,28 @@ def test_a_token_protected_registry_destination_over_tls(tmp_path):
             assert (reg.manifest_digest(t.url, repository, tag, creds=f"writer:{password}"),
                     pulled) == expected_pull(image)
         assert tokens.issued >= 1
+
+
+def test_a_later_run_mounts_a_blob_an_earlier_run_uploaded(tmp_path):
+    """The state store remembers which repository of a registry destination holds each blob:
+    a tag pushed later into another repository gets the shared layer by a mount, in a new
+    process, not by a second upload."""
+    source = tmp_path / "source"
+    primary = FilesystemDriver(str(source))
+    publish(primary, "apps/web", "1.0", WEB_1_0)
+    with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d:
+        config = write_config(tmp_path / "replicator.yml", {
+            "state": {"path": str(tmp_path / "state.db")},
+            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
+                        "d": {"registry": {"url": d.url}}},
+            "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+        assert run(config, "sync")["requests"]["d"]["copy"] == 0
+        publish(primary, "base/tools", "1", TOOLS)
+        later = run(config, "sync")
+        [entry] = later["passes"]
+        new = {blob.digest for blob in TOOLS.blobs} - SHARED
+        assert (entry["tags_replicated"], entry["blobs_copied"]) == (1, len(new))
+        assert later["requests"]["d"]["copy"] == len(SHARED)
+        client = RegistryClient.from_config({"url": d.url})
+        assert all(client.blob_head("base/tools", digest) is not None for digest in SHARED)
+        assert reg.manifest_digest(d.url, "base/tools", "1") == TOOLS.digest

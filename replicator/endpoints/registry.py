@@ -11,7 +11,8 @@ redirects to blob storage followed, broken streams resumed), and checked by the 
 As a destination, nothing is listed: each tag's digest there is one manifest ``HEAD``, and
 what a tag needs is asked with a ``HEAD`` per blob and manifest of its repository (each once
 per pass). Writes go bottom-up as the API allows (DESIGN invariant 1): blobs (uploaded, or
-mounted from the repository of this destination that got them earlier in the pass), then
+mounted from the repository of this destination known to hold them: from this run, or from the
+state store's record of earlier runs), then
 each manifest by digest (an index's children first), then the tag. A policy that deletes
 lists the destination's tags (``tags/list`` per repository) and deletes a tag with its
 manifest, which the API allows only while no other tag carries that manifest.
@@ -58,13 +59,14 @@ class RegistryEndpoint(Destination):
 
     def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
         """Lists nothing up front: a pass into a registry asks per tag, blob and manifest (its
-        ``tags`` are listed only when asked for, by a policy that deletes)."""
-        return RegistryDestination(self, repository)
+        ``tags`` are listed only when asked for, by a policy that deletes). ``state`` (if any)
+        remembers across runs which repository holds each blob, to mount it from."""
+        return RegistryDestination(self, repository, state)
 
-    def home(self, digest: str, name: str) -> str:
-        """Where to mount ``digest`` from into ``name`` (``name`` itself: upload it there)."""
+    def known_home(self, digest: str) -> str | None:
+        """The repository this process uploaded ``digest`` into, if it did."""
         with self._homes_lock:
-            return self._homes.setdefault(digest, name)
+            return self._homes.get(digest)
 
     def homeless(self, digest: str) -> None:
         """Forget where ``digest`` was (a mount from there failed)."""
@@ -175,10 +177,11 @@ class RegistryDestination(DestinationSnapshot):
     each asked once (a ``HEAD``). Steps are ``(what, digest)``, ``what`` being ``blob <name>``,
     ``manifest <name>`` or ``tag <name>:<tag>``."""
 
-    def __init__(self, endpoint: RegistryEndpoint, repository: str | None = None):
+    def __init__(self, endpoint: RegistryEndpoint, repository: str | None = None, state=None):
         self.endpoint = endpoint
         self.client = endpoint.client
         self.repository = repository
+        self.state = state
         self._tags: dict[tuple[str, str], ObjectInfo] | None = None
         self._digests: dict[tuple[str, str], str | None] = {}
         self._sizes: dict[tuple[str, str], int | None] = {}
@@ -237,7 +240,8 @@ class RegistryDestination(DestinationSnapshot):
                 if self._size(name, blob.digest) is not None:
                     reused.add(blob.digest)
                     continue
-                blobs.setdefault(blob.digest, blob)
+                if self._home(blob.digest) in (None, name):
+                    blobs.setdefault(blob.digest, blob)   # else mounted from its home
                 need((f"blob {name}", blob.digest))
             with self._lock:
                 self._manifests[manifest.digest] = manifest
@@ -281,14 +285,27 @@ class RegistryDestination(DestinationSnapshot):
             self._sizes[(where, digest)] = -1
         return digest
 
+    def _home(self, digest: str) -> str | None:
+        """A repository of this registry holding ``digest``: where this process uploaded it,
+        else where the state store says an earlier run put it."""
+        home = self.endpoint.known_home(digest)
+        if home is None and self.state is not None:
+            home = self.state.blob_home(self.endpoint.name, digest)
+        return home
+
     def _place_blob(self, name: str, digest: str) -> None:
         """The blob into ``name``: uploaded there by the copier this pass, or mounted from the
-        repository of this registry it was uploaded into first."""
-        home = self.endpoint.home(digest, name)
-        if home != name and not self.client.blob_mount(name, digest, home):
+        repository of this registry known to hold it (a failed mount forgets that home: the
+        next pass uploads the blob)."""
+        home = self._home(digest)
+        if home not in (None, name) and not self.client.blob_mount(name, digest, home):
             self.endpoint.homeless(digest)
+            if self.state is not None:
+                self.state.forget_blob_home(self.endpoint.name, digest)
             raise StorageError(f"{self.endpoint.describe()}: blob {digest} could not be mounted "
                                f"into {name} from {home}; the next pass uploads it")
+        if self.state is not None:
+            self.state.record_blob_home(self.endpoint.name, digest, home or name)
 
     def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
         return None
