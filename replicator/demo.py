@@ -3,7 +3,8 @@
 Builds a small source registry on the filesystem (real layout, gzip'd tar layers, a
 multi-arch index, two repositories sharing a layer), replicates it into two filesystem
 regions, verifies every digest by re-hashing, runs a second pass that must copy nothing,
-and prints what happened.
+and prints what happened. It leaves its configuration in the work folder and ends with the
+commands to try on it next.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
+
+import yaml
 
 from drivers.base import StorageDriver
 from replicator import config as config_module
@@ -54,13 +57,17 @@ def publish(storage: StorageDriver, name: str, tag: str, image: sample_images.Im
 def run(workdir: Path) -> int:
     """Run the demo in ``workdir`` (emptied first). Returns 0 when every check passed."""
     shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     regions = {name: {"storage": {"filesystem": {"rootdirectory": str((workdir / name).resolve())}}}
                for name in (SOURCE, *DESTINATIONS)}
-    config = config_module.parse({
+    config_path = workdir / "replicator.yml"
+    config_path.write_text(yaml.safe_dump({
         "state": {"path": "replicator.db"},
+        "server": {"listen": "127.0.0.1:9100"},
         "regions": regions,
         "policies": [{"name": "demo", "source": SOURCE, "destinations": list(DESTINATIONS)}],
-    }, base=workdir)
+    }, sort_keys=False))
+    config = config_module.load(config_path)
     images = sample_registry()
     source = config.regions[SOURCE].storage
     for (name, tag), image in images.items():
@@ -88,4 +95,17 @@ def run(workdir: Path) -> int:
             print(f"  {drift.repository}:{drift.tag}: {drift.kind}: {drift.detail}")
         ok = ok and not result.drift
     print("Demo OK: every region serves the same digests." if ok else "Demo FAILED.")
+    print(next_steps(config_path))
     return 0 if ok else 1
+
+
+def next_steps(config_path: Path) -> str:
+    """What to try next on the demo's configuration."""
+    config = f"--config {config_path}"
+    return "\n".join([
+        f"The configuration is in {config_path}. Next, try:",
+        f"  replicator status {config}           # lag, pending and failing tags",
+        f"  replicator verify {config} --deep    # re-hash every blob at every destination",
+        f"  replicator sync {config} --dry-run   # after changing the source: what would move",
+        f"  replicator serve {config}            # schedules, webhook and http://127.0.0.1:9100/metrics",
+    ])
