@@ -5,7 +5,7 @@ stores, and how, is its endpoint's business. A region's endpoint is built from i
 configuration by :func:`endpoint_for`.
 """
 
-from replicator.endpoints.base import Capabilities, Destination, Endpoint, TagEntry
+from replicator.endpoints.base import Destination, Endpoint, TagEntry
 from replicator.endpoints.storage import StorageEndpoint
 
 
@@ -18,4 +18,4 @@ def endpoint_for(region) -> Endpoint:
     return StorageEndpoint(region.name, region.storage)
 
 
-__all__ = ["Capabilities", "Destination", "Endpoint", "StorageEndpoint", "TagEntry", "endpoint_for"]
+__all__ = ["Destination", "Endpoint", "StorageEndpoint", "TagEntry", "endpoint_for"]

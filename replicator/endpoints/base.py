@@ -7,9 +7,10 @@ pass, and answers the questions a pass asks without further requests where the e
 What a kind of place needs beyond that (a storage layout's link files, a registry API's
 mounts) stays inside its endpoint.
 
-Capabilities are asked for, not assumed (:class:`Capabilities`). Cost model: a snapshot costs
-what :attr:`Capabilities.snapshot_cost` says; everything else is one request per call unless
-said otherwise.
+Abilities beyond the minimum are asked for, not assumed: a destination says whether and how it
+can copy blobs from another endpoint server-side (:meth:`Destination.copy_ability`,
+:meth:`Destination.hashes_copy`). Cost model: what a snapshot costs is in each endpoint kind's
+docstring; everything else is one request per call unless said otherwise.
 
 Errors: every method raises only ``drivers.errors.StorageError`` (and its subclasses:
 ``NotFound`` where said, ``AccessDenied``, ``TransientError`` after retries) for I/O, and
@@ -39,18 +40,6 @@ class Selection:
 
     repository: Callable[[str], bool]
     tag: Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an endpoint can do beyond the interface's minimum."""
-
-    listing_detects_changes: bool
-    """A snapshot tells which tags may have moved without reading each (storage listings)."""
-    server_side_copy: bool
-    """Blobs may be copied into it from another endpoint without passing through the process."""
-    snapshot_cost: str
-    """What a snapshot costs, in words (for operators and the README)."""
 
 
 class Snapshot(ABC):
@@ -136,7 +125,6 @@ class Endpoint(ABC):
     """One region a pass reads from: repositories, tags, manifests and blobs."""
 
     name: str
-    capabilities: Capabilities
     requests: RequestCounter
     """Every request the endpoint sends, by kind (``list``, ``get``, ``head``, ``put``,
     ``copy``, ``delete``)."""

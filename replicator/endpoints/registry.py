@@ -30,7 +30,7 @@ from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from drivers.registry import RegistryClient
 from replicator import layout
-from replicator.endpoints.base import (Capabilities, Destination, DestinationSnapshot, Endpoint,
+from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoint,
                                        Selection, Snapshot)
 from replicator.manifests import Manifest
 from replicator.planner import TagPlan, is_foreign
@@ -43,11 +43,6 @@ _GLOB = frozenset("*?[")
 class RegistryEndpoint(Destination):
     """A registry at ``client``'s URL. ``client.repositories`` are names or globs (shell
     syntax, ``*`` matching ``/`` too); none means every repository of the catalog."""
-
-    capabilities = Capabilities(listing_detects_changes=False, server_side_copy=False,
-                                snapshot_cost="the catalog (unless every repository is named), "
-                                              "one tags/list per repository and one manifest "
-                                              "HEAD per tag")
 
     def __init__(self, name: str, client: RegistryClient):
         self.name = name

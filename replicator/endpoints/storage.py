@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from drivers.base import HashedServerSideCopy, ServerSideCopy, StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
-from replicator.endpoints.base import (Capabilities, Destination, DestinationSnapshot, Endpoint,
+from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoint,
                                        Selection)
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
@@ -31,10 +31,6 @@ def _listing_prefix(repository: str | None) -> str:
 
 class StorageEndpoint(Destination):
     """A region's Distribution storage, through ``storage`` (its driver)."""
-
-    capabilities = Capabilities(listing_detects_changes=True, server_side_copy=True,
-                                snapshot_cost="one listing request per 1,000 keys under the "
-                                              "repositories (plus the blobs when a tag changed)")
 
     def __init__(self, name: str, storage: StorageDriver):
         self.name = name
