@@ -18,7 +18,9 @@ from pathlib import Path
 
 from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
-from replicator import demo, logs
+from replicator import demo, layout, logs
+from replicator.audit import AuditWriter, history, history_text
+from replicator.audit_shipping import ship_configured
 from replicator.engine import RunOptions, run_policy
 from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress
@@ -85,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
                                help="re-hash every referenced blob (reads every byte)")
     verify_parser.add_argument("--json", action="store_true", help="print one JSON document")
 
+    history = commands.add_parser(
+        "history", help="show the changes applied to destinations for a repository or tag "
+                        "(from the audit trail)")
+    _config_argument(history)
+    history.add_argument("reference", metavar="REPO[:TAG]", help="a repository, or one of its tags")
+    history.add_argument("--destination", help="only changes applied to this region")
+    history.add_argument("--json", action="store_true", help="print one JSON document")
+
     demo_parser = commands.add_parser(
         "demo", help="build a small registry, replicate it to two regions and verify them")
     demo_parser.add_argument("--workdir", type=Path, default=Path("demo-work"),
@@ -119,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run(args.workdir)
-        command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify}[args.command]
+        command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify,
+                   "history": _history}[args.command]
         return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
@@ -130,9 +141,11 @@ def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    trail = AuditWriter(config.audit_log) if config.audit_log and not args.dry_run else None
     options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
                                      shard=_shard(args), wait_for_purges=not args.dry_run,
-                                     on_pass=progress.start_pass if progress else None)
+                                     on_pass=progress.start_pass if progress else None,
+                                     on_change=trail.append if trail else None)
     started = time.monotonic()
     reports: list[PassReport] = []
     state = StateStore(config.state_path)
@@ -143,6 +156,8 @@ def _sync(args: argparse.Namespace) -> int:
             reports.extend(run_policy(config, policy, state, options))
         outstanding = {name: [item.url for item in state.outstanding_purges(name)]
                        for name, region in config.regions.items() if region.cdn is not None}
+        if trail is not None:
+            ship_configured(config)
     finally:
         state.close()
         if progress is not None:
@@ -170,6 +185,22 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps({"destinations": [status.as_dict() for status in statuses]}, indent=2))
     else:
         print(status_text(statuses))
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    config = _load_config(args, clients=False)   # the local audit trail alone
+    if config.audit_log is None:
+        raise ConfigError("audit", "is not configured: there is no audit trail to read")
+    repository, _, tag = args.reference.rpartition(":") if ":" in args.reference else (args.reference, "", "")
+    try:
+        layout.check_name(repository)
+        if tag:
+            layout.check_tag(tag)
+    except layout.LayoutError as error:
+        raise ConfigError("REPO[:TAG]", str(error)) from None
+    lines = history(config.audit_log.path, repository, tag or None, args.destination)
+    print(json.dumps({"changes": lines}, indent=2) if args.json else history_text(lines))
     return EXIT_OK
 
 

@@ -18,9 +18,9 @@ import yaml
 
 import drivers
 import drivers.cdn as cdn_drivers
-from drivers.base import RequestCounter, StorageDriver
+from drivers.base import RequestCounter, StorageDriver, check_prefix
 from drivers.cdn.base import Purger
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, InvalidKey
 from replicator import flavours
 
 DEFAULT_CONCURRENCY = 8
@@ -30,6 +30,12 @@ DEFAULT_ABANDONED_UPLOADS = 3600.0
 DEFAULT_LISTEN = "0.0.0.0:9100"
 DEFAULT_DEBOUNCE = 1.0
 DEFAULT_PURGE_TIMEOUT = 120.0
+DEFAULT_AUDIT_MAX_SIZE = 64 * 1024 * 1024
+DEFAULT_AUDIT_KEEP = 90 * 86400.0
+DEFAULT_AUDIT_PREFIX = "replicator-audit/"
+DEFAULT_SHIP_INTERVAL = 60.0
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -100,6 +106,20 @@ class Region:
 
 
 @dataclass(frozen=True)
+class AuditLog:
+    """The audit trail: appended at ``path``, rotated past ``max_size`` bytes, rotated files
+    kept ``keep`` seconds; shipped every ``ship_interval`` seconds under ``prefix`` of the
+    storage region ``region``, if one is named."""
+
+    path: Path
+    max_size: int = DEFAULT_AUDIT_MAX_SIZE
+    keep: float = DEFAULT_AUDIT_KEEP
+    region: str | None = None
+    prefix: str = DEFAULT_AUDIT_PREFIX
+    ship_interval: float = DEFAULT_SHIP_INTERVAL
+
+
+@dataclass(frozen=True)
 class Config:
     state_path: Path
     regions: dict[str, Region]
@@ -112,6 +132,8 @@ class Config:
     provider proves their SHA-256; ``trusted``: wherever it can (size checked); ``off``: never."""
     abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
     """Incomplete uploads (of a process killed mid-copy) older than this are discarded."""
+    audit_log: AuditLog | None = None
+    """The ``audit:`` block: where changes applied to destinations are recorded."""
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -176,7 +198,8 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     """Validate an expanded document. Relative state paths are taken from ``base``; without
     ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
-                                   "audit_interval", "server_side_copy", "abandoned_uploads_after"})
+                                   "audit_interval", "server_side_copy", "abandoned_uploads_after",
+                                   "audit"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
@@ -186,8 +209,43 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
     regions = _regions(root.get("regions"), clients)
     policies = _policies(root.get("policies"), regions)
+    audit_log = _audit_log(root["audit"], base, root["regions"]) if "audit" in root else None
     return Config(base / state_path, regions, policies, concurrency,
-                  _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
+                  _server(root.get("server", {})), audit_interval, server_side_copy, abandoned,
+                  audit_log)
+
+
+def _audit_log(value: object, base: Path, regions: dict) -> AuditLog:
+    block = _mapping(value, "audit", {"path", "max_size", "keep", "region", "prefix",
+                                      "ship_interval"})
+    path = base / _string(block.get("path"), "audit.path")
+    max_size = size(block.get("max_size", DEFAULT_AUDIT_MAX_SIZE), "audit.max_size")
+    keep = duration(block.get("keep", DEFAULT_AUDIT_KEEP), "audit.keep")
+    region = block.get("region")
+    if region is not None:
+        region = _region_name(region, "audit.region", regions)
+        if "storage" not in regions[region]:
+            raise ConfigError("audit.region", "must be a storage region (objects are written "
+                                              "through its storage driver)")
+    prefix = _string(block.get("prefix", DEFAULT_AUDIT_PREFIX), "audit.prefix").strip("/") + "/"
+    try:
+        check_prefix(prefix)
+    except InvalidKey:
+        raise ConfigError("audit.prefix", "must be a relative path of safe segments, "
+                                          "such as replicator-audit/") from None
+    ship_interval = duration(block.get("ship_interval", DEFAULT_SHIP_INTERVAL),
+                             "audit.ship_interval")
+    return AuditLog(path, max_size, keep, region, prefix, ship_interval)
+
+
+def size(value: object, field: str) -> int:
+    """Bytes from a positive integer or a string like ``512KiB``, ``64MiB``, ``1GiB``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match or int(match[1]) == 0:
+        raise ConfigError(field, "must be a positive size such as 512KiB, 64MiB or 1GiB")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
 def _server_side_copy(value: object) -> str:

@@ -45,10 +45,11 @@ class _Mismatch(ReplicationError):
 class BlobCopier:
     """Copies blobs and manifests into one destination, each digest at most once.
 
-    ``ensure`` returns a future shared by every tag that needs the same digest; it fails with
-    ``ReplicationError`` when the source bytes are missing or do not match the digest (or, for
-    a trusted server-side copy, its size), in which case nothing was made visible at the
-    destination. ``server_side`` is one of ``SERVER_SIDE_MODES``; the first ``AccessDenied``
+    ``ensure`` returns a future of the bytes this call had copied (the blob's or manifest's
+    size for the first tag that needs a digest, 0 for the others, which wait for the same
+    copy; ``None`` in a dry run); it fails with ``ReplicationError`` when the source bytes are
+    missing or do not match the digest (or, for a trusted server-side copy, its size), in which
+    case nothing was made visible at the destination. ``server_side`` is one of ``SERVER_SIDE_MODES``; the first ``AccessDenied``
     from a server-side copy (or a hashed copy whose answer carried no hash) turns server-side
     copies off for the rest of the copier's pass (that blob and every later one stream).
     """
@@ -83,15 +84,16 @@ class BlobCopier:
                 else:
                     self._futures[digest] = Future()
                     self._futures[digest].set_result(None)
-            return self._futures[digest]
+                return self._futures[digest]
+            return _shared(self._futures[digest])
 
-    def _copy_blob(self, name: str, blob: Descriptor) -> None:
+    def _copy_blob(self, name: str, blob: Descriptor) -> int:
         mode = self._server_side
         if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
                 and self._copy_server_side(name, blob, hashed=True)):
-            return
+            return blob.size
         if mode == "trusted" and blob.size >= 0 and self._copy_server_side(name, blob, hashed=False):
-            return
+            return blob.size
         for reads in range(1, SOURCE_READS + 1):
             try:
                 size = self._stream(name, blob)
@@ -103,7 +105,7 @@ class BlobCopier:
             else:
                 self.report.count("blobs_copied")
                 self.report.count("bytes_copied", size)
-                return
+                return size
 
     def _stream(self, name: str, blob: Descriptor) -> int:
         """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
@@ -172,10 +174,19 @@ class BlobCopier:
             log.warning("server-side copy to %s %s; streaming blobs through the replicator "
                         "instead for the rest of this pass", self.destination.describe(), reason)
 
-    def _write_manifest(self, name: str, manifest: Manifest) -> None:
+    def _write_manifest(self, name: str, manifest: Manifest) -> int:
         self.destination.manifest_write(name, manifest)
         self.report.count("manifests_copied")
         self.report.count("bytes_copied", len(manifest.data))
+        return len(manifest.data)
+
+
+def _shared(copy: Future) -> Future:
+    """A future that ends as ``copy`` does, having copied nothing itself."""
+    shared: Future = Future()
+    copy.add_done_callback(lambda done: shared.set_exception(done.exception())
+                           if done.exception() else shared.set_result(0))
+    return shared
 
 
 def _missing(blob: Descriptor) -> ReplicationError:

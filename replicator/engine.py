@@ -28,6 +28,7 @@ from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from replicator import layout
+from replicator.audit import Change
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier
 from replicator.endpoints import Endpoint, endpoint_for
@@ -80,6 +81,9 @@ class RunOptions:
     wait_for_purges: bool = False
     """Keep retrying the destination's purges until accepted or its ``cdn.timeout`` (``sync``);
     otherwise one attempt, later ones left to the purge queue's timer (``serve``)."""
+    on_change: Callable[[Change], None] | None = None
+    """Called with each change applied to a destination (never in a dry run), once the change
+    is visible there; what it raises fails the tag."""
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -238,7 +242,7 @@ class DestinationPass:
             tree = self.source.manifest_tree(name, digest)
             plan = self.held.plan(name, tag, digest, tree, current)
             self._count_reused(plan.reused)
-            self._apply(plan)
+            self._apply(plan, current)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         except Exception as error:  # a defect must fail its tag, not the whole pass
@@ -298,11 +302,10 @@ class DestinationPass:
             self._reused |= fresh
         self.report.count("blobs_present", len(fresh))
 
-    def _apply(self, plan: TagPlan) -> None:
+    def _apply(self, plan: TagPlan, current: str | None = None) -> None:
         copies = [self.copier.ensure_blob(plan.name, blob) for blob in plan.blobs]
         copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
-        for copy in copies:
-            copy.result()
+        copied = sum(copy.result() or 0 for copy in copies)
         for step in plan.links:
             if self.held.made(step):
                 continue
@@ -313,6 +316,15 @@ class DestinationPass:
                 token = self._make(step)
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
+                self._changed(plan.name, plan.tag, current, plan.digest, copied)
+
+    def _changed(self, name: str, tag: str, old: str | None, new: str | None,
+                 copied: int = 0) -> None:
+        if self.options.on_change is not None:
+            action = "delete" if new is None else "move" if old else "create"
+            self.options.on_change(Change(self.policy.name, self.policy.source,
+                                          self.destination_name, name, tag, action, old, new,
+                                          copied, self.report.pass_id))
 
     def _make(self, step: tuple[str, str]) -> str | None:
         """One step through the gate; its change token, ``None`` in a dry run."""
@@ -341,6 +353,7 @@ class DestinationPass:
                     or not self.options.shard.owns(name)):
                 continue
             try:
+                old = self._destination_digest(name, tag)
                 with self._purging(name, tag):
                     for step in self.held.tag_removal(name, tag):
                         if self.gate.allows(f"delete {step[0]}"):
@@ -350,6 +363,7 @@ class DestinationPass:
             else:
                 if not self.options.dry_run:
                     self.held.forget_tag(name, tag)
+                    self._changed(name, tag, old, None)
                 self.report.count("tags_deleted")
 
 

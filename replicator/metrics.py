@@ -55,6 +55,10 @@ class Metrics:
         self.pass_duration = Histogram("replicator_pass_duration_seconds",
                                        "Duration of full passes, per destination.", DESTINATION,
                                        buckets=PASS_BUCKETS, registry=self.registry)
+        self.changes_without_event = Counter(
+            "replicator_changes_without_event", "Changes a scheduled pass applied that no push "
+            "or delete event had announced (lost notifications).", DESTINATION,
+            registry=self.registry)
         self.config = config
         self.registry.register(_StateCollector(config, state))
         self.registry.register(_RequestCollector(config))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 
 COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
@@ -55,6 +56,8 @@ class PassReport:
     error_kind: str | None = None
     planned: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    pass_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Unique to this pass into this destination (the audit trail's ``pass_id``)."""
 
     @property
     def ok(self) -> bool:

@@ -5,6 +5,11 @@ for a policy's source region marks the repository pending at once (so lag shows 
 debounced, runs a targeted pass over that repository. A lock per policy ensures that no two
 passes of one policy ever run at once. Scheduled passes defer failing tags with exponential
 back-off and become audits (re-reading everything) once per ``audit_interval``.
+
+Every change a pass applies goes to the audit trail (shipped every ``audit.ship_interval``);
+a change a scheduled pass applies that no event announced counts in
+``replicator_changes_without_event_total`` (the first scheduled pass of each policy counts
+nothing: it catches up on what changed while nothing listened).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from drivers.errors import ConfigError, StorageError
+from replicator.audit import AuditWriter, Change
+from replicator.audit_shipping import ship_configured
 from replicator.endpoints import endpoint_for
 from replicator.config import Config, Policy
 from replicator.debounce import Debouncer
@@ -54,6 +61,8 @@ class Service:
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         quiet = config.server.debounce
         self._events = Debouncer(lambda key: self.run_pass(*key), quiet, quiet * DEBOUNCE_MAX_FACTOR)
+        self.trail = AuditWriter(config.audit_log) if config.audit_log else None
+        self._caught_up: set[str] = set()
 
     def start(self) -> None:
         recover_purges(self.config.regions, self.state)
@@ -72,6 +81,10 @@ class Service:
                                 id="purges", max_instances=1, coalesce=True)
         self._scheduler.add_job(self.check_readiness, IntervalTrigger(seconds=READINESS_INTERVAL),
                                 id="readiness", max_instances=1, coalesce=True, next_run_time=now)
+        if self.config.audit_log and self.config.audit_log.region:
+            self._scheduler.add_job(ship_configured, IntervalTrigger(
+                seconds=self.config.audit_log.ship_interval), args=[self.config], id="audit",
+                max_instances=1, coalesce=True)
         self._scheduler.start()
         self._events.start()
 
@@ -86,6 +99,7 @@ class Service:
         self.stopping.set()
         self._scheduler.shutdown(wait=True)
         self._events.stop()
+        ship_configured(self.config)
 
     def run_pass(self, policy_name: str, repository: str | None = None) -> list[PassReport]:
         """One pass of a policy (targeted at ``repository`` if given); waits for any pass of
@@ -96,8 +110,11 @@ class Service:
             if self.stopping.is_set():
                 return []
             audit = repository is None and self._audit_due(policy)
+            changes: list[Change] = []
             options = RunOptions.from_config(self.config, audit=audit, backoff=RETRY_BACKOFF,
-                                             stop=self.stopping, shard=self.shard)
+                                             stop=self.stopping, shard=self.shard,
+                                             on_change=lambda change: self._applied(change, changes))
+            begun = time.time()
             started = time.monotonic()
             try:
                 reports = run_policy(self.config, policy, self.state, options, repository)
@@ -112,7 +129,28 @@ class Service:
                 log.info("pass %s -> %s%s: %d replicated, %d unchanged, %d failed", policy_name,
                          report.destination, f" ({repository})" if repository else "",
                          report.tags_replicated, report.tags_unchanged, report.tags_failed)
+            self._settle_announcements(policy, changes, repository, begun)
             return reports
+
+    def _applied(self, change: Change, changes: list[Change]) -> None:
+        if self.trail is not None:
+            self.trail.append(change)
+        changes.append(change)
+
+    def _settle_announcements(self, policy: Policy, changes: list[Change], repository: str | None,
+                              begun: float) -> None:
+        """Count the changes a scheduled pass applied that no event announced, then forget the
+        announcements of what the pass (begun at ``begun``) left in sync."""
+        if repository is None:
+            if policy.name in self._caught_up:
+                for change in changes:
+                    if not self.state.announced(policy.name, change.destination,
+                                                change.repository, change.tag):
+                        self.metrics.changes_without_event.labels(
+                            policy.name, policy.source, change.destination).inc()
+            self._caught_up.add(policy.name)
+        for destination in policy.destinations:
+            self.state.forget_announced(policy.name, destination, begun, repository)
 
     def _audit_due(self, policy: Policy) -> bool:
         for destination in policy.destinations:
@@ -138,6 +176,7 @@ class Service:
                 for destination in policy.destinations:
                     self.state.add_pending(policy.name, destination, event.repository, event.tag,
                                            event.timestamp)
+                    self.state.announce(policy.name, destination, event.repository, event.tag)
                 self._events.hint((policy.name, event.repository))
                 triggered += 1
         return triggered

@@ -14,7 +14,10 @@ Deleting the database costs one full re-scan, nothing else. It holds:
   so that later runs mount the blob into other repositories instead of uploading it again;
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
-  the source: the lag is the age of the oldest.
+  the source: the lag is the age of the oldest;
+- ``announced``: the tags (or repositories, tag ``""``) a push or delete event announced, until
+  a pass that began after the event leaves them in sync, so that a scheduled pass can tell the
+  changes it finds that no event announced.
 
 All SQL of the project lives in this package. The database runs in WAL mode so that
 ``replicator status`` can read while ``serve`` writes. Methods are thread-safe; they raise
@@ -76,6 +79,12 @@ def _running_passes(db: sqlite_utils.Database) -> None:
 def _blob_homes(db: sqlite_utils.Database) -> None:
     db["blob_homes"].create({"destination": str, "digest": str, "repository": str},
                             pk=("destination", "digest"))
+
+
+@migrations(name="0007_announced_changes")
+def _announced_changes(db: sqlite_utils.Database) -> None:
+    db["announced"].create({"policy": str, "destination": str, "repository": str, "tag": str,
+                            "noted": float}, pk=("policy", "destination", "repository", "tag"))
 
 
 @dataclass(frozen=True)
@@ -359,3 +368,32 @@ class StateStore:
             rows = self.db.query("select destination, url, attempts, created, error, generation from purges "
                                  "where destination = ? order by created, url", [destination])
             return [PurgeItem(**row) for row in rows]
+
+    def announce(self, policy: str, destination: str, repository: str, tag: str) -> None:
+        """Note that an event announced a change of ``repository:tag`` (``tag`` ``""``: some
+        change in the repository)."""
+        with self._lock, self.db.conn:
+            self.db.execute("insert into announced (policy, destination, repository, tag, noted) "
+                            "values (?, ?, ?, ?, ?) on conflict do update set noted = excluded.noted",
+                            [policy, destination, repository, tag, time.time()])
+
+    def announced(self, policy: str, destination: str, repository: str, tag: str) -> bool:
+        """Whether an event announced a change of the tag (or of its repository)."""
+        with self._lock:
+            return bool(list(self.db.query(
+                "select 1 from announced where policy = ? and destination = ? and repository = ? "
+                "and tag in (?, '')", [policy, destination, repository, tag])))
+
+    def forget_announced(self, policy: str, destination: str, before: float,
+                         repository: str | None = None) -> None:
+        """Forget the announcements noted before ``before`` (the start of a pass over the
+        repository, or every repository) whose tag, or any tag of whose repository, is no
+        longer pending."""
+        scope = "policy = ? and destination = ? and noted < ?" + (" and repository = ?" if repository else "")
+        params = [policy, destination, before] + ([repository] if repository else [])
+        with self._lock, self.db.conn:
+            self.db.execute(
+                f"delete from announced where {scope} and not exists (select 1 from pending p "
+                "where p.policy = announced.policy and p.destination = announced.destination and "
+                "p.repository = announced.repository and (announced.tag = '' or p.tag in "
+                "(announced.tag, '')))", params)
