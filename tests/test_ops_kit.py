@@ -92,7 +92,8 @@ def test_every_alert_has_severity_summary_description_and_a_unit_test():
     alerts = [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
     assert {rule["alert"] for rule in alerts} == {
         "ReplicatorLagHigh", "ReplicatorNoSuccessfulPass", "ReplicatorFailingTags",
-        "ReplicatorPurgeBacklogGrowing", "ReplicatorDown"}
+        "ReplicatorPurgeBacklogGrowing", "ReplicatorDown", "ReplicatorDelaySLOBreached",
+        "ReplicatorEventsLost"}
     for rule in alerts:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
