@@ -2,7 +2,8 @@
 
 Checked: logs at debug level (text and JSON), ``sync --dry-run`` (text and JSON), a real
 ``sync`` whose cloud regions fail, ``status --json``, ``verify``, ``/metrics`` and webhook
-answers of ``serve``, configuration error messages, and the bytes of the state store.
+answers of ``serve``, configuration error messages, the bytes of the state store, and the
+audit trail with ``history`` (and a failed ship of it).
 """
 
 import base64
@@ -78,6 +79,7 @@ def world(tmp_path_factory, gcs_key):
                                         "endpoint": dead}}},
         },
         "policies": [{"name": "p", "source": "src", "destinations": ["fs", "s3", "azure", "gcs"]}],
+        "audit": {"path": str(root / "audit.jsonl"), "region": "s3"},   # shipping fails: dead
     }
     path = root / "config.yml"
     path.write_text(yaml.safe_dump(config))
@@ -113,6 +115,19 @@ def test_status_verify_and_state_store_hold_no_secret(world, gcs_key):
     assert_clean(status.stdout + status.stderr + verify.stdout + verify.stderr, gcs_key)
     for file in root.glob("state.db*"):
         assert_clean(file.read_bytes().decode("latin-1"), gcs_key)
+
+
+def test_audit_trail_and_history_hold_no_secret(world, gcs_key):
+    root, path, _ = world
+    result = run("sync", config=path)
+    assert "audit trail not shipped to s3" in result.stderr
+    history = run("history", "app", "--json", config=path)
+    assert history.returncode == 0
+    assert [(line["destination"], line["action"]) for line in json.loads(history.stdout)["changes"]] == [
+        ("fs", "create")]
+    assert_clean(result.stdout + result.stderr + history.stdout + history.stderr, gcs_key)
+    assert_clean((root / "audit.jsonl").read_text(), gcs_key)
+    assert "http" not in (root / "audit.jsonl").read_text()
 
 
 def test_serve_metrics_and_webhook_answers_hold_no_secret(world, gcs_key):
