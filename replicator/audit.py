@@ -153,10 +153,9 @@ def raw_lines(path: Path, first_seq: int) -> Iterator[tuple[int, bytes]]:
         following = files[position + 1] if position + 1 < len(files) else path
         if following != path and int(following.suffix[1:]) <= first_seq:
             continue
-        for line in _raw(file):
-            seq = _parse(line)["seq"]
-            if seq >= first_seq:
-                yield seq, line
+        for document, line in _records(file):
+            if document["seq"] >= first_seq:
+                yield document["seq"], line
 
 
 def next_seq(path: Path) -> int:
@@ -223,20 +222,22 @@ def history_text(lines: list[dict]) -> str:
 
 
 def _lines(file: Path) -> Iterator[dict]:
-    for line in _raw(file):
-        yield _parse(line)
+    for document, _ in _records(file):
+        yield document
 
 
-def _raw(file: Path) -> Iterator[bytes]:
-    """The file's complete, well-formed lines (a line cut short by a crash is skipped)."""
+def _records(file: Path) -> Iterator[tuple[dict, bytes]]:
+    """The file's complete, well-formed lines, parsed and as bytes (a line cut short by a
+    crash is skipped)."""
     try:
         handle = file.open("rb")
     except FileNotFoundError:
         return
     with handle:
         for line in handle:
-            if line.endswith(b"\n") and _parse(line) is not None:
-                yield line
+            document = _parse(line) if line.endswith(b"\n") else None
+            if document is not None:
+                yield document, line
 
 
 def _parse(line: bytes) -> dict | None:
