@@ -147,10 +147,10 @@ def test_create_move_delete_are_recorded_shipped_and_answered_by_history(world, 
     create, move = [line for line in lines if line["repository"] == "apps/web"
                     and line["destination"] == "local"]
     assert answer.stdout.splitlines() == [
-        f"{create['time']}  create  apps/web:1.0  primary -> local (mirror)  - -> {WEB_1.digest}  "
-        f"{size(WEB_1)} bytes  pass {create['pass_id']}",
-        f"{move['time']}  move    apps/web:1.0  primary -> local (mirror)  {WEB_1.digest} -> "
-        f"{WEB_2.digest}  {size(WEB_2, BASE)} bytes  pass {move['pass_id']}"]
+        (f"{create['time']}  create  apps/web:1.0  primary -> local (mirror)  - -> {WEB_1.digest}  "
+         f"{size(WEB_1)} bytes  pass {create['pass_id']}"),
+        (f"{move['time']}  move    apps/web:1.0  primary -> local (mirror)  {WEB_1.digest} -> "
+         f"{WEB_2.digest}  {size(WEB_2, BASE)} bytes  pass {move['pass_id']}")]
     answer = cli("history", "--config", str(config), "base/tools:latest", "--destination", "replica",
                  "--json")
     assert [line["action"] for line in json.loads(answer.stdout)["changes"]] == ["create", "delete"]
