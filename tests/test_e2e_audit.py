@@ -231,8 +231,8 @@ def test_a_kill_anywhere_between_append_and_ship_neither_loses_nor_duplicates_a_
         before = len(list(audit.entries(trail)))
         process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(config)],
                                    cwd=REPO_ROOT, stderr=subprocess.PIPE)
-        wait_for(lambda: len(list(audit.entries(trail))) >= before + 4 or process.poll() is not None,
-                 "the writer appending")
+        wait_for(lambda before=before, process=process: len(list(audit.entries(trail))) >= before + 4
+                 or process.poll() is not None, "the writer appending")
         time.sleep(0.05 + 0.07 * round_)
         assert process.poll() is None, process.stderr.read().decode()
         process.send_signal(signal.SIGKILL)
