@@ -13,6 +13,11 @@ from the source itself (:meth:`~replicator.endpoints.base.Destination.copy_abili
 A streamed blob whose bytes do not match its digest or size is read again from the source (a
 body cut short without a length reads back short with no error) before it is declared corrupt.
 Manifests are written from the bytes already read and checked.
+
+A copier may pace what it streams (a :class:`~replicator.throttle.TokenBucket` shared by
+every copy into the destination; server-side copies are not paced) and spend an egress budget
+(:class:`~replicator.budget.EgressBudget`: every blob and manifest counts, and a blob copy
+that the spent budget refuses fails its tags with ``BudgetExhausted``).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.errors import AccessDenied, NotFound
 from drivers.retry import pause
+from replicator.budget import EgressBudget
 from replicator.endpoints.base import Destination, Endpoint
 from replicator.errors import ReplicationError
 from replicator.gate import Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
+from replicator.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,8 @@ class BlobCopier:
     """
 
     def __init__(self, source: Endpoint, destination: Destination, pool: ThreadPoolExecutor,
-                 report: PassReport, gate: Gate, server_side: str = "verified"):
+                 report: PassReport, gate: Gate, server_side: str = "verified",
+                 throttle: TokenBucket | None = None, budget: EgressBudget | None = None):
         if server_side not in SERVER_SIDE_MODES:
             raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")
         self.source = source
@@ -67,6 +75,8 @@ class BlobCopier:
         ability = destination.copy_ability(source)
         capable = ability == "hashed" if server_side == "verified" else bool(ability)
         self._server_side = server_side if capable else "off"
+        self.throttle = throttle
+        self.budget = budget
 
     def ensure_blob(self, name: str, blob: Descriptor) -> Future:
         return self._ensure(blob.digest, lambda: self._copy_blob(name, blob))
@@ -86,24 +96,38 @@ class BlobCopier:
             return self._futures[digest]
 
     def _copy_blob(self, name: str, blob: Descriptor) -> None:
+        reserved = max(blob.size, 0)
+        if self.budget is not None:
+            self.budget.reserve(reserved)
+        try:
+            copied = self._transfer(name, blob)
+        except BaseException:
+            if self.budget is not None:
+                self.budget.add(-reserved)
+            raise
+        if self.budget is not None:
+            self.budget.add(copied - reserved)
+
+    def _transfer(self, name: str, blob: Descriptor) -> int:
+        """Copy one blob server-side or streamed; its size."""
         mode = self._server_side
         if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
                 and self._copy_server_side(name, blob, hashed=True)):
-            return
+            return blob.size
         if mode == "trusted" and blob.size >= 0 and self._copy_server_side(name, blob, hashed=False):
-            return
+            return blob.size
         for reads in range(1, SOURCE_READS + 1):
             try:
                 size = self._stream(name, blob)
+                break
             except _Mismatch as error:
                 if reads == SOURCE_READS:
                     raise
                 log.info("%s; reading it again from the source", error)
                 pause(reads)
-            else:
-                self.report.count("blobs_copied")
-                self.report.count("bytes_copied", size)
-                return
+        self.report.count("blobs_copied")
+        self.report.count("bytes_copied", size)
+        return size
 
     def _stream(self, name: str, blob: Descriptor) -> int:
         """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
@@ -127,6 +151,8 @@ class BlobCopier:
                     size += len(chunk)
                     if 0 <= blob.size <= size:
                         check()
+                    if self.throttle is not None:
+                        self.throttle.take(len(chunk))
                     yield chunk
             except NotFound:
                 raise _missing(blob) from None
@@ -174,6 +200,8 @@ class BlobCopier:
 
     def _write_manifest(self, name: str, manifest: Manifest) -> None:
         self.destination.manifest_write(name, manifest)
+        if self.budget is not None:
+            self.budget.add(len(manifest.data))
         self.report.count("manifests_copied")
         self.report.count("bytes_copied", len(manifest.data))
 

@@ -5,6 +5,9 @@ for a policy's source region marks the repository pending at once (so lag shows 
 debounced, runs a targeted pass over that repository. A lock per policy ensures that no two
 passes of one policy ever run at once. Scheduled passes defer failing tags with exponential
 back-off and become audits (re-reading everything) once per ``audit_interval``.
+Scheduled passes leave out destinations outside their sync windows; push-triggered passes
+replicate into them anyway unless the policy has ``strict_windows``. Deletions above a policy's
+``max_delete`` are never forced here (``replicator sync --force-delete`` does that, once).
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class Service:
                 return []
             audit = repository is None and self._audit_due(policy)
             options = RunOptions.from_config(self.config, audit=audit, backoff=RETRY_BACKOFF,
-                                             stop=self.stopping, shard=self.shard)
+                                             stop=self.stopping, shard=self.shard,
+                                             respect_windows=repository is None or policy.strict_windows)
             started = time.monotonic()
             try:
                 reports = run_policy(self.config, policy, self.state, options, repository)
