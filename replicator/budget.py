@@ -4,9 +4,10 @@ A policy's destination entry may set ``egress_budget: {bytes, per}``. Periods ar
 the Unix epoch in UTC (``per: 1d`` runs from 00:00 UTC to 00:00 UTC), and what was copied in
 the current one (blobs and manifests, streamed or copied server-side) is counted in the state
 store, so the count survives restarts and is shared by every pass of the policy into that
-destination. A blob copy starts only while the count is below the budget; its size is counted
-as it starts (and given back if it fails), so the budget is overrun by at most one blob. A tag
-that needed a copy the budget refused waits, pending, for a later period.
+destination. A tag's new blobs start copying only while the count is below the budget; their
+sizes are counted as they start (what a failed copy did not move is given back), so the budget
+is overrun by at most one tag's new blobs, and no tag is left half copied. A tag the budget
+refused waits, pending, for a later period.
 """
 
 from __future__ import annotations

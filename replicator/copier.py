@@ -16,8 +16,9 @@ Manifests are written from the bytes already read and checked.
 
 A copier may pace what it streams (a :class:`~replicator.throttle.TokenBucket` shared by
 every copy into the destination; server-side copies are not paced) and spend an egress budget
-(:class:`~replicator.budget.EgressBudget`: every blob and manifest counts, and a blob copy
-that the spent budget refuses fails its tags with ``BudgetExhausted``).
+(:class:`~replicator.budget.EgressBudget`: every blob and manifest counts). A tag's new blobs
+are admitted together, while the budget has room, and then all copied, so that a spent budget
+never leaves a tag half copied; once it is spent, ``ensure_blobs`` raises ``BudgetExhausted``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class BlobCopier:
         self.pool = pool
         self.report = report
         self.gate = gate
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._futures: dict[str, Future] = {}
         ability = destination.copy_ability(source)
         capable = ability == "hashed" if server_side == "verified" else bool(ability)
@@ -78,15 +79,22 @@ class BlobCopier:
         self.throttle = throttle
         self.budget = budget
 
-    def ensure_blob(self, name: str, blob: Descriptor) -> Future:
-        return self._ensure(blob.digest, lambda: self._copy_blob(name, blob))
+    def ensure_blobs(self, name: str, blobs: list[Descriptor]) -> list[Future]:
+        """One future per blob; those not yet copied or copying in this pass are admitted
+        against the budget together. Raises ``BudgetExhausted`` (nothing started) if it is spent."""
+        with self._lock:
+            fresh = {blob.digest: blob for blob in blobs if blob.digest not in self._futures}
+            if fresh and self.budget is not None:
+                self.budget.reserve(sum(max(blob.size, 0) for blob in fresh.values()))
+            return [self._ensure(blob.digest, lambda blob=blob: self._copy_blob(name, blob))
+                    for blob in blobs]
 
     def ensure_manifest(self, name: str, manifest: Manifest) -> Future:
         return self._ensure(manifest.digest,
                             lambda: self._write_manifest(name, manifest))
 
     def _ensure(self, digest: str, copy) -> Future:
-        with self._lock:
+        with self._lock:   # reentrant: ensure_blobs holds it
             if digest not in self._futures:
                 if self.gate.allows(f"copy {digest}"):
                     self._futures[digest] = self.pool.submit(copy)
@@ -96,9 +104,8 @@ class BlobCopier:
             return self._futures[digest]
 
     def _copy_blob(self, name: str, blob: Descriptor) -> None:
+        """Copy a blob ``ensure_blobs`` admitted; the budget gets back what a failure did not use."""
         reserved = max(blob.size, 0)
-        if self.budget is not None:
-            self.budget.reserve(reserved)
         try:
             copied = self._transfer(name, blob)
         except BaseException:

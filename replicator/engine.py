@@ -319,7 +319,7 @@ class DestinationPass:
         self.report.count("blobs_present", len(fresh))
 
     def _apply(self, plan: TagPlan) -> None:
-        copies = [self.copier.ensure_blob(plan.name, blob) for blob in plan.blobs]
+        copies = self.copier.ensure_blobs(plan.name, plan.blobs)
         copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
         for copy in copies:
             copy.result()
