@@ -15,12 +15,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from replicator.config import Budget, Policy
 from replicator.errors import BudgetExhausted
 from state.store import StateStore
+
+K = TypeVar("K")
 
 
 def period_start(budget: Budget, now: float) -> float:
@@ -57,6 +60,22 @@ def remaining(state: StateStore, policy: Policy, destination: str, now: float) -
     start while this is above zero); ``None`` when it has no budget."""
     status = budget_status(state, policy, destination, now)
     return None if status is None else max(0, status.bytes - status.used)
+
+
+def deferred(left: int | None, new_bytes: Mapping[K, int]) -> list[K]:
+    """Of tags in the order a pass starts them, with the bytes each would copy that nothing
+    before it copies (``new_bytes``), those a budget with ``left`` bytes (:func:`remaining`)
+    would leave waiting, as a pass at ``concurrency: 1`` admits them: a tag with new bytes
+    starts while less than ``left`` has been admitted before it. ``None``: no budget."""
+    if left is None:
+        return []
+    admitted, waiting = 0, []
+    for key, size in new_bytes.items():
+        if size and admitted >= left:
+            waiting.append(key)
+        elif size:
+            admitted += size
+    return waiting
 
 
 class EgressBudget:

@@ -25,7 +25,7 @@ from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
 from replicator import layout
 from replicator import sample_images as si
-from replicator.budget import remaining
+from replicator.budget import deferred, remaining
 from replicator.config import DAYS
 from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
@@ -132,6 +132,13 @@ def test_the_budget_stops_new_copies_at_the_limit_and_resumes_in_the_next_period
     assert len(waiting) == 6 and first.tags_failed == 6
     assert "egress budget into replica is spent until" in waiting[0].error
     assert left() == 0
+
+    # what plan-time arithmetic predicts for the same start order matches what the pass did
+    new_bytes = {("apps/app", f"t{n}"): sum(len(b.data) for b in images[("apps/app", f"t{n}")].all_blobs()
+                                            if b is not images[("apps/app", f"t{n}")].manifest)
+                 for n in range(10)}
+    assert deferred(budget, new_bytes) == sorted((f.repository, f.tag) for f in waiting)
+    assert deferred(None, new_bytes) == []
 
     [again] = sync(config, clock=lambda: now[0])     # same period, after a "restart"
     assert (again.blobs_copied, again.bytes_copied, again.tags_replicated) == (0, 0, 0)
