@@ -37,7 +37,7 @@ class BudgetStatus:
     used: int
     period_ends: float
     waiting_tags: int
-    """Tags the last pass in this period left waiting for the next one."""
+    """Tags the last full pass in this period left waiting for the next one."""
 
     def as_dict(self) -> dict:
         return {"bytes": self.bytes, "per_seconds": self.per, "used": self.used,

@@ -195,7 +195,8 @@ class DestinationPass:
                                      TokenBucket(settings.bandwidth) if settings.bandwidth else None,
                                      self.budget)
             self._replicate_all(tag_pool, 2 * workers)
-        self.budget.note_waiting(sum(failure.kind == "budget" for failure in self.report.failures))
+        if self.repository is None:
+            self.budget.note_waiting(sum(failure.kind == "budget" for failure in self.report.failures))
         if self.policy.delete:
             self._delete_removed_tags()
         if not self.options.dry_run:

@@ -104,7 +104,7 @@ class _StateCollector:
             "budget_used": GaugeMetricFamily("replicator_egress_budget_used_bytes", "Bytes copied "
                                              "into the destination in its current egress budget "
                                              "period.", labels=DESTINATION),
-            "budget_waiting": GaugeMetricFamily("replicator_budget_waiting_tags", "Tags the last "
+            "budget_waiting": GaugeMetricFamily("replicator_budget_waiting_tags", "Tags the last full "
                                                 "pass left pending because the egress budget was "
                                                 "spent.", labels=DESTINATION),
             "success": GaugeMetricFamily("replicator_last_success_timestamp_seconds", "End of the last "

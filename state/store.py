@@ -13,7 +13,7 @@ Deleting the database costs one full re-scan, nothing else. It holds:
 - ``blob_homes``: for each registry destination, a repository holding each blob it was given,
   so that later runs mount the blob into other repositories instead of uploading it again;
 - ``egress_budgets``: per policy and destination with an egress budget, the bytes copied in
-  the current budget period and how many tags the last pass left waiting for the next;
+  the current budget period and how many tags the last full pass left waiting for the next;
 - ``made_tags``: for each destination, the tags the replicator itself created or last moved
   there, with the digest it wrote (only these may be deleted by a policy with ``delete``);
 - ``tag_absences``: since when a pass has seen each such tag missing at the policy's source
@@ -378,7 +378,7 @@ class StateStore:
 
     def egress_used(self, policy: str, destination: str, period: float) -> tuple[int, int]:
         """Bytes copied into the destination in the budget period starting at ``period``, and
-        the tags the last pass left waiting for the budget (0, 0 for another period)."""
+        the tags the last full pass left waiting for the budget (0, 0 for another period)."""
         with self._lock:
             rows = list(self.db.query("select used, waiting from egress_budgets where policy = ? "
                                       "and destination = ? and period = ?", [policy, destination, period]))
