@@ -65,11 +65,16 @@ def write_config(tmp_path: Path, destination: dict, **policy) -> Path:
 
 
 class LinkWatcher(threading.Thread):
-    """Polls ``root`` for each key's ``current/link``; ``seen[key]`` is the first poll that saw it."""
+    """Polls ``root`` for each key's ``current/link``; ``seen[key]`` is the first poll that saw it.
+
+    Each poll looks at the keys from the last expected to the first, so that commits made in
+    the expected order can never look reversed (a key looked at later in a poll was committed
+    earlier, if the order holds); commits out of order show as a later poll for an earlier key.
+    """
 
     def __init__(self, root: Path, keys: list[tuple[str, str]]):
         super().__init__(daemon=True)
-        self.paths = {key: root / layout.tag_current_key(*key) for key in keys}
+        self.paths = {key: root / layout.tag_current_key(*key) for key in reversed(keys)}
         self.seen: dict[tuple[str, str], int] = {}
         self.done = threading.Event()
 
