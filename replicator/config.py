@@ -35,7 +35,8 @@ DEFAULT_MAX_DELETE = 100
 ORDERS = ("name", "newest-first", "oldest-first")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?")
-_SIZE_UNITS = {None: 1, "B": 1, **{f"{unit}B": 1000 ** (power + 1) for power, unit in enumerate("KMGT")},
+_SIZE_UNITS = {None: 1, "B": 1,
+               **{f"{unit}B": 1000 ** (power + 1) for power, unit in enumerate("KMGT")},
                **{f"{unit}iB": 1024 ** (power + 1) for power, unit in enumerate("KMGT")}}
 _HOURS = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
@@ -404,7 +405,8 @@ def _pacing(block: dict, field: str) -> dict:
     return {"priority": tuple(priority), "order": order, "strict_windows": strict,
             "keep_latest": None if keep_latest is None
             else _integer(keep_latest, f"{field}.keep_latest", 1, 1_000_000),
-            "delete_delay": duration(block.get("delete_delay", 0), f"{field}.delete_delay", allow_zero=True),
+            "delete_delay": duration(block.get("delete_delay", 0), f"{field}.delete_delay",
+                                     allow_zero=True),
             "max_delete": _integer(block.get("max_delete", DEFAULT_MAX_DELETE), f"{field}.max_delete",
                                    0, 1_000_000_000)}
 
@@ -463,7 +465,8 @@ def _window(value: object, field: str) -> Window:
     try:
         ZoneInfo(zone)
     except (ValueError, LookupError):
-        raise ConfigError(f"{field}.timezone", "is not a known time zone, such as Asia/Kolkata") from None
+        raise ConfigError(f"{field}.timezone",
+                          "is not a known time zone, such as Asia/Kolkata") from None
     return Window(frozenset(DAYS.index(day) for day in days), start, end, zone)
 
 

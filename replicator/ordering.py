@@ -32,8 +32,9 @@ def kept(policy: Policy, tags: Mapping[Key, Entry]) -> dict[Key, Entry]:
     by_repository: dict[str, list[Key]] = defaultdict(list)
     for key in tags:
         by_repository[key[0]].append(key)
-    keep = {key for keys in by_repository.values()
-            for key in sorted(keys, key=lambda k: (tags[k].mtime, k[1]), reverse=True)[:policy.keep_latest]}
+    newest_first = (sorted(keys, key=lambda k: (tags[k].mtime, k[1]), reverse=True)
+                    for keys in by_repository.values())
+    keep = {key for keys in newest_first for key in keys[:policy.keep_latest]}
     return {key: info for key, info in tags.items() if key in keep}
 
 

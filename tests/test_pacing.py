@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from drivers.filesystem import FilesystemDriver
 from replicator import config as config_module
@@ -29,6 +30,7 @@ from replicator.budget import deferred, remaining
 from replicator.config import DAYS
 from replicator.demo import publish
 from replicator.engine import RunOptions, run_policy
+from replicator.metrics import Metrics
 from replicator.service import Service
 from replicator.throttle import TokenBucket
 from state.store import StateStore
@@ -158,6 +160,20 @@ def test_the_budget_stops_new_copies_at_the_limit_and_resumes_in_the_next_period
     assert destination["pending_tags"] == 6 and destination["failing_tags"] == 0
     assert destination["egress_budget"]["waiting_tags"] == 6
     assert destination["egress_budget"]["used"] >= budget
+    text = subprocess.run([sys.executable, "-m", "replicator", "status", "--config",
+                           str(tmp_path / "replicator.yml")], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120).stdout
+    assert "6 pending" in text and "6 tags waiting for it (pending, reason budget)" in text
+    state = StateStore(config.state_path)
+    try:
+        scraped = generate_latest(Metrics(config, state).registry).decode()
+    finally:
+        state.close()
+    labels = '{destination="replica",policy="p",source="primary"}'
+    assert f"replicator_budget_waiting_tags{labels} 6.0" in scraped
+    [used_line] = [line for line in scraped.splitlines()
+                   if line.startswith(f"replicator_egress_budget_used_bytes{labels} ")]
+    assert float(used_line.split()[-1]) == copied == destination["egress_budget"]["used"]
 
     now[0] += 86400                                  # the next period
     [resumed] = sync(config, clock=lambda: now[0])
