@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--audit", action="store_true",
                       help="re-read every link and re-check every tag's content at the "
                            "destinations, trusting no cached state (repairs drift)")
+    sync.add_argument("--force-delete", action="store_true",
+                      help="delete the tags a policy's deletion guards allow even when they "
+                           "are more than its max_delete")
+    sync.add_argument("--respect-windows", action="store_true",
+                      help="leave out destinations outside their sync windows (for cron jobs); "
+                           "by default sync runs into every destination")
 
     serve = commands.add_parser(
         "serve", help="run policies on their schedules, take push notifications, serve metrics")
@@ -145,7 +151,9 @@ def _sync(args: argparse.Namespace) -> int:
     options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
                                      shard=_shard(args), wait_for_purges=not args.dry_run,
                                      on_pass=progress.start_pass if progress else None,
-                                     on_change=trail.append if trail else None)
+                                     on_change=trail.append if trail else None,
+                                     force_delete=args.force_delete,
+                                     respect_windows=args.respect_windows)
     started = time.monotonic()
     reports: list[PassReport] = []
     state = StateStore(config.state_path)

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -34,8 +35,14 @@ DEFAULT_AUDIT_MAX_SIZE = 64 * 1024 * 1024
 DEFAULT_AUDIT_KEEP = 90 * 86400.0
 DEFAULT_AUDIT_PREFIX = "replicator-audit/"
 DEFAULT_SHIP_INTERVAL = 60.0
-_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB)?")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+DEFAULT_MAX_DELETE = 100
+ORDERS = ("name", "newest-first", "oldest-first")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?")
+_SIZE_UNITS = {None: 1, "B": 1,
+               **{f"{unit}B": 1000 ** (power + 1) for power, unit in enumerate("KMGT")},
+               **{f"{unit}iB": 1024 ** (power + 1) for power, unit in enumerate("KMGT")}}
+_HOURS = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -56,6 +63,36 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class Window:
+    """Days (0 is Monday) and minutes of the day [``start``, ``end``) in ``timezone``; ``end``
+    at or before ``start`` wraps past midnight into the next day."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``bytes`` copied per period of ``per`` seconds (periods aligned to the epoch)."""
+
+    bytes: int
+    per: float
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """A policy's settings for one destination; the defaults limit nothing."""
+
+    bandwidth: float | None = None
+    """Bytes per second streamed into the destination, shared by every copy of a pass."""
+    windows: tuple[Window, ...] = ()
+    """When scheduled passes may start (none: always)."""
+    egress_budget: Budget | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     source: str
@@ -64,6 +101,23 @@ class Policy:
     tags: Filter
     delete: bool
     schedule: Schedule = Schedule()
+    priority: tuple[str, ...] = ()
+    """Tag globs: tags matching an earlier one start first."""
+    order: str = "name"
+    """Within a priority: ``name``, ``newest-first`` or ``oldest-first`` (by the source tag's time)."""
+    keep_latest: int | None = None
+    """Replicate only this many of the newest selected tags per repository."""
+    settings: tuple[tuple[str, DestinationSettings], ...] = ()
+    """Per-destination settings, for the destinations that have any."""
+    strict_windows: bool = False
+    """Push-event passes honour the destinations' windows too."""
+    delete_delay: float = 0.0
+    """Seconds a tag must stay deleted at the source before ``delete`` removes it."""
+    max_delete: int = DEFAULT_MAX_DELETE
+    """A pass that would delete more tags than this deletes none (unless forced)."""
+
+    def destination_settings(self, destination: str) -> DestinationSettings:
+        return dict(self.settings).get(destination, DestinationSettings())
 
 
 @dataclass(frozen=True)
@@ -238,16 +292,6 @@ def _audit_log(value: object, base: Path, regions: dict) -> AuditLog:
     return AuditLog(path, max_size, keep, region, prefix, ship_interval)
 
 
-def size(value: object, field: str) -> int:
-    """Bytes from a positive integer or a string like ``512KiB``, ``64MiB``, ``1GiB``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if not match or int(match[1]) == 0:
-        raise ConfigError(field, "must be a positive size such as 512KiB, 64MiB or 1GiB")
-    return int(match[1]) * _SIZE_UNITS[match[2]]
-
-
 def _server_side_copy(value: object) -> str:
     """``verified`` (also ``true``, as configurations before the choice said), ``trusted``, or
     ``off`` (also ``false``)."""
@@ -363,7 +407,8 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
     for index, item in enumerate(value):
         field = f"policies[{index}]"
         block = _mapping(item, field, {"name", "source", "destinations", "repositories", "tags",
-                                       "delete", "schedule"})
+                                       "delete", "schedule", "priority", "order", "keep_latest",
+                                       "strict_windows", "delete_delay", "max_delete"})
         name = _string(block.get("name"), f"{field}.name")
         if any(policy.name == name for policy in policies):
             raise ConfigError(f"{field}.name", f"duplicate policy name {name!r}")
@@ -371,8 +416,9 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         raw_destinations = block.get("destinations")
         if not isinstance(raw_destinations, list) or not raw_destinations:
             raise ConfigError(f"{field}.destinations", "must be a non-empty list of regions")
-        destinations = tuple(_region_name(item, f"{field}.destinations[{position}]", regions)
-                             for position, item in enumerate(raw_destinations))
+        entries = [_destination(item, f"{field}.destinations[{position}]", regions)
+                   for position, item in enumerate(raw_destinations)]
+        destinations = tuple(name for name, _ in entries)
 
         if source in destinations:
             raise ConfigError(f"{field}.destinations", f"includes the source region {source!r}")
@@ -384,8 +430,90 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         policies.append(Policy(name, source, destinations,
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,
-                               _schedule(block.get("schedule"), f"{field}.schedule")))
+                               _schedule(block.get("schedule"), f"{field}.schedule"),
+                               **_pacing(block, field),
+                               settings=tuple(entry for entry in entries if entry[1] is not None)))
     return tuple(policies)
+
+
+def _pacing(block: dict, field: str) -> dict:
+    """The policy keys that order its tags and guard its deletions."""
+    priority = block.get("priority", [])
+    if not isinstance(priority, list) or not all(isinstance(item, str) and item for item in priority):
+        raise ConfigError(f"{field}.priority", "must be a list of tag glob patterns")
+    order = block.get("order", "name")
+    if order not in ORDERS:
+        raise ConfigError(f"{field}.order", f"must be one of {', '.join(ORDERS)}")
+    keep_latest = block.get("keep_latest")
+    strict = block.get("strict_windows", False)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"{field}.strict_windows", "must be true or false")
+    return {"priority": tuple(priority), "order": order, "strict_windows": strict,
+            "keep_latest": None if keep_latest is None
+            else _integer(keep_latest, f"{field}.keep_latest", 1, 1_000_000),
+            "delete_delay": duration(block.get("delete_delay", 0), f"{field}.delete_delay",
+                                     allow_zero=True),
+            "max_delete": _integer(block.get("max_delete", DEFAULT_MAX_DELETE), f"{field}.max_delete",
+                                   0, 1_000_000_000)}
+
+
+def _destination(value: object, field: str, regions: dict[str, Region]
+                 ) -> tuple[str, DestinationSettings | None]:
+    """A destination entry: a region's name, or a mapping of ``region`` and its settings."""
+    if not isinstance(value, dict):
+        return _region_name(value, field, regions), None
+    block = _mapping(value, field, {"region", "bandwidth", "windows", "egress_budget"})
+    name = _region_name(block.get("region"), f"{field}.region", regions)
+    bandwidth = block.get("bandwidth")
+    if bandwidth is not None:
+        bandwidth = _rate(bandwidth, f"{field}.bandwidth")
+    budget = block.get("egress_budget")
+    if budget is not None:
+        budget_block = _mapping(budget, f"{field}.egress_budget", {"bytes", "per"})
+        budget = Budget(size(budget_block.get("bytes"), f"{field}.egress_budget.bytes"),
+                        duration(budget_block.get("per", "1d"), f"{field}.egress_budget.per"))
+    windows = block.get("windows", [])
+    if not isinstance(windows, list):
+        raise ConfigError(f"{field}.windows", "must be a list of {days, hours, timezone} mappings")
+    return name, DestinationSettings(bandwidth, tuple(_window(item, f"{field}.windows[{index}]")
+                                                      for index, item in enumerate(windows)), budget)
+
+
+def size(value: object, field: str) -> int:
+    """Bytes from a positive number or a string like ``500GiB``, ``50MB``, ``1024``."""
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(field, "must be a positive size such as 1048576, 50MiB or 500GiB")
+    return int(float(match[1]) * _SIZE_UNITS[match[2]])
+
+
+def _rate(value: object, field: str) -> float:
+    """Bytes per second from a string like ``50MiB/s``."""
+    if not isinstance(value, str) or not value.endswith("/s"):
+        raise ConfigError(field, "must be a rate such as 50MiB/s")
+    return float(size(value[:-2], field))
+
+
+def _window(value: object, field: str) -> Window:
+    block = _mapping(value, field, {"days", "hours", "timezone"})
+    days = block.get("days", list(DAYS))
+    if not isinstance(days, list) or not days or not all(day in DAYS for day in days):
+        raise ConfigError(f"{field}.days", f"must be a non-empty list of {', '.join(DAYS)}")
+    hours = _HOURS.fullmatch(block["hours"]) if isinstance(block.get("hours"), str) else None
+    if not hours:
+        raise ConfigError(f"{field}.hours", "must be HH:MM-HH:MM, such as 02:00-05:00 or 22:00-04:00")
+    start, end = int(hours[1]) * 60 + int(hours[2]), int(hours[3]) * 60 + int(hours[4])
+    if start == end or end > 24 * 60:
+        raise ConfigError(f"{field}.hours", "must be HH:MM-HH:MM with different times, at most 24:00")
+    zone = _string(block.get("timezone", "UTC"), f"{field}.timezone")
+    try:
+        ZoneInfo(zone)
+    except (ValueError, LookupError):
+        raise ConfigError(f"{field}.timezone",
+                          "is not a known time zone, such as Asia/Kolkata") from None
+    return Window(frozenset(DAYS.index(day) for day in days), start, end, zone)
 
 
 def _filter(value: object, field: str) -> Filter:

@@ -13,6 +13,12 @@ from the source itself (:meth:`~replicator.endpoints.base.Destination.copy_abili
 A streamed blob whose bytes do not match its digest or size is read again from the source (a
 body cut short without a length reads back short with no error) before it is declared corrupt.
 Manifests are written from the bytes already read and checked.
+
+A copier may pace what it streams (a :class:`~replicator.throttle.TokenBucket` shared by
+every copy into the destination; server-side copies are not paced) and spend an egress budget
+(:class:`~replicator.budget.EgressBudget`: every blob and manifest counts). A tag's new blobs
+are admitted together, while the budget has room, and then all copied, so that a spent budget
+never leaves a tag half copied; once it is spent, ``ensure_blobs`` raises ``BudgetExhausted``.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.errors import AccessDenied, NotFound
 from drivers.retry import pause
+from replicator.budget import EgressBudget
 from replicator.endpoints.base import Destination, Endpoint
 from replicator.errors import ReplicationError
 from replicator.gate import Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
+from replicator.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,8 @@ class BlobCopier:
     """
 
     def __init__(self, source: Endpoint, destination: Destination, pool: ThreadPoolExecutor,
-                 report: PassReport, gate: Gate, server_side: str = "verified"):
+                 report: PassReport, gate: Gate, server_side: str = "verified",
+                 throttle: TokenBucket | None = None, budget: EgressBudget | None = None):
         if server_side not in SERVER_SIDE_MODES:
             raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")
         self.source = source
@@ -63,21 +72,30 @@ class BlobCopier:
         self.pool = pool
         self.report = report
         self.gate = gate
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._futures: dict[str, Future] = {}
         ability = destination.copy_ability(source)
         capable = ability == "hashed" if server_side == "verified" else bool(ability)
         self._server_side = server_side if capable else "off"
+        self.throttle = throttle
+        self.budget = budget
 
-    def ensure_blob(self, name: str, blob: Descriptor) -> Future:
-        return self._ensure(blob.digest, lambda: self._copy_blob(name, blob))
+    def ensure_blobs(self, name: str, blobs: list[Descriptor]) -> list[Future]:
+        """One future per blob; those not yet copied or copying in this pass are admitted
+        against the budget together. Raises ``BudgetExhausted`` (nothing started) if it is spent."""
+        with self._lock:
+            fresh = {blob.digest: blob for blob in blobs if blob.digest not in self._futures}
+            if fresh and self.budget is not None:
+                self.budget.reserve(sum(max(blob.size, 0) for blob in fresh.values()))
+            return [self._ensure(blob.digest, lambda blob=blob: self._copy_blob(name, blob))
+                    for blob in blobs]
 
     def ensure_manifest(self, name: str, manifest: Manifest) -> Future:
         return self._ensure(manifest.digest,
                             lambda: self._write_manifest(name, manifest))
 
     def _ensure(self, digest: str, copy) -> Future:
-        with self._lock:
+        with self._lock:   # reentrant: ensure_blobs holds it
             if digest not in self._futures:
                 if self.gate.allows(f"copy {digest}"):
                     self._futures[digest] = self.pool.submit(copy)
@@ -88,6 +106,21 @@ class BlobCopier:
             return _shared(self._futures[digest])
 
     def _copy_blob(self, name: str, blob: Descriptor) -> int:
+        """Copy a blob ``ensure_blobs`` admitted; its size. The budget gets back what a failure
+        did not use."""
+        reserved = max(blob.size, 0)
+        try:
+            copied = self._transfer(name, blob)
+        except BaseException:
+            if self.budget is not None:
+                self.budget.add(-reserved)
+            raise
+        if self.budget is not None:
+            self.budget.add(copied - reserved)
+        return copied
+
+    def _transfer(self, name: str, blob: Descriptor) -> int:
+        """Copy one blob server-side or streamed; its size."""
         mode = self._server_side
         if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
                 and self._copy_server_side(name, blob, hashed=True)):
@@ -97,15 +130,15 @@ class BlobCopier:
         for reads in range(1, SOURCE_READS + 1):
             try:
                 size = self._stream(name, blob)
+                break
             except _Mismatch as error:
                 if reads == SOURCE_READS:
                     raise
                 log.info("%s; reading it again from the source", error)
                 pause(reads)
-            else:
-                self.report.count("blobs_copied")
-                self.report.count("bytes_copied", size)
-                return size
+        self.report.count("blobs_copied")
+        self.report.count("bytes_copied", size)
+        return size
 
     def _stream(self, name: str, blob: Descriptor) -> int:
         """Stream and hash one blob; its size. Raises ``_Mismatch`` with nothing committed."""
@@ -129,6 +162,8 @@ class BlobCopier:
                     size += len(chunk)
                     if 0 <= blob.size <= size:
                         check()
+                    if self.throttle is not None:
+                        self.throttle.take(len(chunk))
                     yield chunk
             except NotFound:
                 raise _missing(blob) from None
@@ -176,6 +211,8 @@ class BlobCopier:
 
     def _write_manifest(self, name: str, manifest: Manifest) -> int:
         self.destination.manifest_write(name, manifest)
+        if self.budget is not None:
+            self.budget.add(len(manifest.data))
         self.report.count("manifests_copied")
         self.report.count("bytes_copied", len(manifest.data))
         return len(manifest.data)

@@ -30,10 +30,12 @@ from drivers.errors import NotFound, StorageError
 from replicator import layout
 from replicator.audit import Change
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
+from replicator.budget import EgressBudget
 from replicator.copier import BlobCopier
+from replicator.deletions import plan_deletions
 from replicator.endpoints import Endpoint, endpoint_for
 from replicator.endpoints.base import Selection, Snapshot
-from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
+from replicator.errors import TAG_ERRORS, BudgetExhausted, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
 from replicator.gate import Gate
@@ -43,10 +45,13 @@ from replicator.manifests import (
     ManifestError,
     parse_manifest,
 )
+from replicator.ordering import start_order
 from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
 from replicator.sharding import Shard
+from replicator.throttle import TokenBucket
+from replicator.windows import windows_open
 from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ class RunOptions:
     ``None`` retries every failing tag now. ``stop``, once set, makes the pass start no
     further tag (tags under way finish). ``shard`` limits the pass to the repositories it owns.
     ``on_pass`` is called as each destination's pass starts, with its report and tags.
+    ``clock`` tells the time for budgets, windows and deletion delays. ``respect_windows``
+    skips destinations outside their sync windows; ``force_delete`` lifts ``max_delete``.
     """
 
     concurrency: int = 8
@@ -84,6 +91,9 @@ class RunOptions:
     on_change: Callable[[Change], None] | None = None
     """Called with each change applied to a destination (never in a dry run), once the change
     is visible there; what it raises fails the tag."""
+    clock: Callable[[], float] = time.time
+    respect_windows: bool = False
+    force_delete: bool = False
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -178,11 +188,19 @@ class DestinationPass:
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
         workers = self.options.concurrency
+        settings = self.policy.destination_settings(self.destination_name)
+        self.budget = EgressBudget(self.state, self.policy.name, self.destination_name,
+                                   None if self.options.dry_run else settings.egress_budget,
+                                   self.options.clock)
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
             self.copier = BlobCopier(self.source.endpoint, self.destination, blob_pool,
-                                     self.report, self.gate, self.options.server_side_copy)
+                                     self.report, self.gate, self.options.server_side_copy,
+                                     TokenBucket(settings.bandwidth) if settings.bandwidth else None,
+                                     self.budget)
             self._replicate_all(tag_pool, 2 * workers)
+        if self.repository is None:
+            self.budget.note_waiting(sum(failure.kind == "budget" for failure in self.report.failures))
         if self.policy.delete:
             self._delete_removed_tags()
         if not self.options.dry_run:
@@ -221,7 +239,8 @@ class DestinationPass:
         if self.repository is None:
             self.state.record_pass(PassRecord(
                 self.policy.name, self.policy.source, self.destination_name, started, time.time(),
-                self.report.tags_failed == 0 and not pending, self.report.counts(),
+                self.report.tags_failed == 0 and not pending and self.report.error is None,
+                self.report.counts(),
                 self.options.audit))
             self.state.end_pass(self.policy.name, self.destination_name)
         self.state.flush()
@@ -245,6 +264,8 @@ class DestinationPass:
             self._apply(plan, current)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
+        except BudgetExhausted as error:   # waits, pending, for the next period: no back-off
+            self.report.fail(name, tag, str(error), error_kind(error))
         except Exception as error:  # a defect must fail its tag, not the whole pass
             log.debug("unexpected error replicating %s:%s", name, tag, exc_info=True)
             self._failed(name, tag, digest, unexpected(error))
@@ -303,7 +324,7 @@ class DestinationPass:
         self.report.count("blobs_present", len(fresh))
 
     def _apply(self, plan: TagPlan, current: str | None = None) -> None:
-        copies = [self.copier.ensure_blob(plan.name, blob) for blob in plan.blobs]
+        copies = self.copier.ensure_blobs(plan.name, plan.blobs)
         copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
         copied = sum(copy.result() or 0 for copy in copies)
         for step in plan.links:
@@ -316,6 +337,7 @@ class DestinationPass:
                 token = self._make(step)
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
+                self.state.record_made_tag(self.destination_name, plan.name, plan.tag, plan.digest)
                 self._changed(plan.name, plan.tag, current, plan.digest, copied)
 
     def _changed(self, name: str, tag: str, old: str | None, new: str | None,
@@ -348,10 +370,22 @@ class DestinationPass:
             self.state.ready_purges(self.destination_name, urls)
 
     def _delete_removed_tags(self) -> None:
-        for name, tag in sorted(self.held.tags):
-            if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
-                    or not self.options.shard.owns(name)):
-                continue
+        """Delete what :func:`~replicator.deletions.plan_deletions` allows; above ``max_delete``
+        tags, none (the pass fails with the reason) unless forced."""
+        gone = {(name, tag): self._destination_digest(name, tag) for name, tag in sorted(self.held.tags)
+                if (name, tag) not in self.source.snapshot.tags and policy_selects(self.policy, name, tag)
+                and self.options.shard.owns(name)}
+        plan = plan_deletions(gone, self.state.made_tags(self.destination_name),
+                              self.state.tag_absences(self.policy.name, self.destination_name),
+                              self.options.clock(), self.policy.delete_delay)
+        due = plan.due
+        if len(due) > self.policy.max_delete and not self.options.force_delete:
+            self.report.error = (f"would delete {len(due)} tags, more than max_delete "
+                                 f"({self.policy.max_delete}): deleted none; run sync with "
+                                 f"--force-delete to delete them")
+            self.report.error_kind, due = "max_delete", ()
+        absences = dict(plan.absent_since)
+        for name, tag in due:
             try:
                 old = self._destination_digest(name, tag)
                 with self._purging(name, tag):
@@ -363,8 +397,13 @@ class DestinationPass:
             else:
                 if not self.options.dry_run:
                     self.held.forget_tag(name, tag)
+                    self.state.forget_made_tag(self.destination_name, name, tag)
                     self._changed(name, tag, old, None)
+                absences.pop((name, tag))
                 self.report.count("tags_deleted")
+        if not self.options.dry_run:
+            self.state.replace_tag_absences(self.policy.name, self.destination_name, absences,
+                                            self.repository)
 
 
 def _timestamp(seconds: float) -> str:
@@ -374,7 +413,9 @@ def _timestamp(seconds: float) -> str:
 def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOptions,
                repository: str | None = None) -> list[PassReport]:
     """Run one pass of ``policy`` into each of its destinations, one after the other;
-    with ``repository``, a targeted pass over that repository only.
+    with ``repository``, a targeted pass over that repository only. Tags start in the policy's
+    order (:mod:`replicator.ordering`); with ``options.respect_windows``, destinations outside
+    their sync windows are left out (no report).
 
     A region that cannot be listed fails the passes it is in (the source: all of them; a
     destination: its own), each report then has ``error`` set and a failed pass is recorded.
@@ -382,6 +423,13 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     region or a tag: an unexpected one fails its tag or its destination's pass.
     """
     started = time.time()
+    destinations = [name for name in policy.destinations if not options.respect_windows
+                    or windows_open(policy.destination_settings(name).windows, options.clock())]
+    for name in sorted(set(policy.destinations) - set(destinations)):
+        log.info("policy %s: %s is outside its sync windows; no pass", policy.name, name,
+                 extra={"policy": policy.name, "destination": name})
+    if not destinations:
+        return []
     resolve_flavours(config, policy)
     source_endpoint = endpoint_for(config.regions[policy.source])
     try:
@@ -390,12 +438,12 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
             lambda name, tag: policy_selects(policy, name, tag)))
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
-                for name in policy.destinations]
-    tags = {key: snapshot.tags[key] for key in sorted(snapshot.tags)
-            if policy_selects(policy, *key) and options.shard.owns(key[0])}
+                for name in destinations]
+    tags = start_order(policy, {key: info for key, info in snapshot.tags.items()
+                                if policy_selects(policy, *key) and options.shard.owns(key[0])})
     source = SourceReader(source_endpoint, snapshot, started)
     reports = []
-    for name in policy.destinations:
+    for name in destinations:
         destination_pass = DestinationPass(policy, source, tags, config.regions[name], state,
                                            options, repository)
         try:

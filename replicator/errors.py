@@ -14,6 +14,8 @@ stable kind for reports and metrics (:func:`error_kind`)::
                                     corrupt; nothing was made visible for the tag
     ManifestError                   "manifest": a manifest that cannot be replicated
     LayoutError                     "layout": a name, tag, digest or link breaking the grammar
+    BudgetExhausted                 "budget": the destination's egress budget is spent for
+                                    this period; the tag waits, pending, without back-off
     (anything else)                 "internal": a defect; it fails its tag (or its
                                     destination's pass), never the run
 
@@ -31,11 +33,15 @@ class ReplicationError(Exception):
     """Content at the source cannot be replicated as it is (missing or corrupt)."""
 
 
+class BudgetExhausted(Exception):
+    """A copy was not started: the destination's egress budget for the period is spent."""
+
+
 TAG_ERRORS = (ReplicationError, StorageError, ManifestError, LayoutError)
 
 _KINDS = ((TransientError, "storage_transient"), (AccessDenied, "storage_access"),
           (StorageError, "storage"), (ReplicationError, "source_content"),
-          (ManifestError, "manifest"), (LayoutError, "layout"))
+          (ManifestError, "manifest"), (LayoutError, "layout"), (BudgetExhausted, "budget"))
 
 
 def error_kind(error: BaseException) -> str:

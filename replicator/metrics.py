@@ -73,7 +73,7 @@ class Metrics:
         for check in ("verified", "trusted"):
             self.server_side_copies.labels(*labels, check).inc(getattr(report, f"server_side_{check}"))
         for failure in report.failures:
-            if failure.kind != "deferred":
+            if failure.kind not in ("deferred", "budget"):
                 self.errors.labels(report.destination, failure.kind).inc()
         if report.error_kind is not None:
             self.errors.labels(report.destination, report.error_kind).inc()
@@ -105,6 +105,12 @@ class _StateCollector:
                                          labels=DESTINATION),
             "queue": GaugeMetricFamily("replicator_cdn_purge_queue", "CDN purges recorded and not "
                                        "yet accepted by the provider.", labels=("destination",)),
+            "budget_used": GaugeMetricFamily("replicator_egress_budget_used_bytes", "Bytes copied "
+                                             "into the destination in its current egress budget "
+                                             "period.", labels=DESTINATION),
+            "budget_waiting": GaugeMetricFamily("replicator_budget_waiting_tags", "Tags the last full "
+                                                "pass left pending because the egress budget was "
+                                                "spent.", labels=DESTINATION),
             "success": GaugeMetricFamily("replicator_last_success_timestamp_seconds", "End of the last "
                                          "full pass with no failure (0: never).", labels=DESTINATION),
         }
@@ -116,6 +122,9 @@ class _StateCollector:
             families["pending"].add_metric(labels, status.pending_tags)
             families["failing"].add_metric(labels, len(status.failing))
             families["success"].add_metric(labels, status.last_success or 0)
+            if status.budget is not None:
+                families["budget_used"].add_metric(labels, status.budget.used)
+                families["budget_waiting"].add_metric(labels, status.budget.waiting_tags)
         for destination, outstanding in queues.items():
             if self.config.regions[destination].cdn is not None:
                 families["queue"].add_metric([destination], outstanding)

@@ -10,6 +10,10 @@ Every change a pass applies goes to the audit trail (shipped every ``audit.ship_
 a change a scheduled pass applies that no event announced counts in
 ``replicator_changes_without_event_total`` (the first scheduled pass of each policy counts
 nothing: it catches up on what changed while nothing listened).
+
+Scheduled passes leave out destinations outside their sync windows; push-triggered passes
+replicate into them anyway unless the policy has ``strict_windows``. Deletions above a policy's
+``max_delete`` are never forced here (``replicator sync --force-delete`` does that, once).
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class Service:
             changes: list[Change] = []
             options = RunOptions.from_config(self.config, audit=audit, backoff=RETRY_BACKOFF,
                                              stop=self.stopping, shard=self.shard,
+                                             respect_windows=repository is None or policy.strict_windows,
                                              on_change=lambda change: self._applied(change, changes))
             begun = time.time()
             started = time.monotonic()

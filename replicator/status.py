@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from replicator.budget import BudgetStatus, budget_status
 from replicator.config import Config
+from replicator.report import human_size
 from state.store import FailureRecord, StateStore
 
 
@@ -24,6 +26,8 @@ class DestinationStatus:
     last_pass: float | None
     last_success: float | None
     purges_outstanding: int = 0
+    budget: BudgetStatus | None = None
+    """The destination's egress budget in the current period, if it has one."""
 
     @property
     def in_sync(self) -> bool:
@@ -37,6 +41,7 @@ class DestinationStatus:
             "pending_tags": self.pending_tags, "failing_tags": len(self.failing),
             "last_pass": self.last_pass, "last_success": self.last_success,
             "purges_outstanding": self.purges_outstanding,
+            "egress_budget": self.budget.as_dict() if self.budget else None,
             "failures": [{"repository": f.repository, "tag": f.tag, "digest": f.digest,
                           "attempts": f.attempts, "error": f.error, "first_failed": f.first_failed,
                           "next_retry": f.next_retry} for f in self.failing],
@@ -64,7 +69,8 @@ def destination_statuses(config: Config, state: StateStore, now: float | None = 
             statuses.append(DestinationStatus(
                 policy.name, policy.source, destination, lag_seconds(changes, now),
                 len(pending), tuple(failing), last.finished if last else None,
-                success.finished if success else None, len(purges)))
+                success.finished if success else None, len(purges),
+                budget_status(state, policy, destination, now)))
     return statuses
 
 
@@ -76,6 +82,11 @@ def status_text(statuses: list[DestinationStatus]) -> str:
                      f"lag {status.lag_seconds:.0f}s, {status.pending_tags} pending, "
                      f"{len(status.failing)} failing, {status.purges_outstanding} CDN purges "
                      f"outstanding, last success {_when(status.last_success)}")
+        if status.budget is not None:
+            budget = status.budget
+            lines.append(f"  egress budget: {human_size(budget.used)} of {human_size(budget.bytes)} "
+                         f"used until {_when(budget.period_ends)}; {budget.waiting_tags} tags "
+                         f"waiting for it (pending, reason budget)")
         lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
                      f"{_when(f.next_retry)}): {f.error}" for f in status.failing)
     return "\n".join(lines)

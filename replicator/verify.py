@@ -20,6 +20,7 @@ from replicator.endpoints.base import DestinationSnapshot, Selection
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
 from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
+from replicator.ordering import kept
 from replicator.planner import is_foreign
 
 
@@ -140,14 +141,16 @@ class _Checker:
 
 
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
-    """Verify every tag ``policy`` selects at the source, in each destination. Raises
+    """Verify every tag ``policy`` replicates from the source (its filters, then its
+    ``keep_latest``), in each destination. Raises
     ``ConfigError`` for a region holding both layout flavours (:mod:`replicator.flavours`)."""
     resolve_flavours(config, policy)
     source = endpoint_for(config.regions[policy.source])
     wanted = Selection(lambda name: selected(policy.repositories, name),
                        lambda name, tag: policy_selects(policy, name, tag))
-    tags = sorted(key for key in source.snapshot(None, None, True, wanted).tags
-                  if policy_selects(policy, *key))
+    listed = source.snapshot(None, None, True, wanted).tags
+    tags = sorted(kept(policy, {key: info for key, info in listed.items()
+                                if policy_selects(policy, *key)}))
     results = []
     for name in policy.destinations:
         result = verify(source, endpoint_for(config.regions[name]), tags, deep)

@@ -12,6 +12,12 @@ Deleting the database costs one full re-scan, nothing else. It holds:
   it, and deduplicated by (destination, URL);
 - ``blob_homes``: for each registry destination, a repository holding each blob it was given,
   so that later runs mount the blob into other repositories instead of uploading it again;
+- ``egress_budgets``: per policy and destination with an egress budget, the bytes copied in
+  the current budget period and how many tags the last full pass left waiting for the next;
+- ``made_tags``: for each destination, the tags the replicator itself created or last moved
+  there, with the digest it wrote (only these may be deleted by a policy with ``delete``);
+- ``tag_absences``: since when a pass has seen each such tag missing at the policy's source
+  (for ``delete_delay``);
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
   the source: the lag is the age of the oldest;
@@ -85,6 +91,14 @@ def _blob_homes(db: sqlite_utils.Database) -> None:
 def _announced_changes(db: sqlite_utils.Database) -> None:
     db["announced"].create({"policy": str, "destination": str, "repository": str, "tag": str,
                             "noted": float}, pk=("policy", "destination", "repository", "tag"))
+@migrations(name="0009_pacing_and_guards")
+def _pacing_and_guards(db: sqlite_utils.Database) -> None:
+    db["egress_budgets"].create({"policy": str, "destination": str, "period": float, "used": int,
+                                 "waiting": int}, pk=("policy", "destination"))
+    db["made_tags"].create({"destination": str, "repository": str, "tag": str, "digest": str},
+                           pk=("destination", "repository", "tag"))
+    db["tag_absences"].create({"policy": str, "destination": str, "repository": str, "tag": str,
+                               "since": float}, pk=("policy", "destination", "repository", "tag"))
 
 
 @dataclass(frozen=True)
@@ -397,3 +411,69 @@ class StateStore:
                 "where p.policy = announced.policy and p.destination = announced.destination and "
                 "p.repository = announced.repository and (announced.tag = '' or p.tag in "
                 "(announced.tag, '')))", params)
+    def egress_used(self, policy: str, destination: str, period: float) -> tuple[int, int]:
+        """Bytes copied into the destination in the budget period starting at ``period``, and
+        the tags the last full pass left waiting for the budget (0, 0 for another period)."""
+        with self._lock:
+            rows = list(self.db.query("select used, waiting from egress_budgets where policy = ? "
+                                      "and destination = ? and period = ?", [policy, destination, period]))
+        return (rows[0]["used"], rows[0]["waiting"]) if rows else (0, 0)
+
+    def add_egress(self, policy: str, destination: str, period: float, n: int) -> int:
+        """Count ``n`` more bytes (negative: give back) in the period starting at ``period``
+        (an earlier period's count is dropped); the bytes counted in it now."""
+        with self._lock, self.db.conn:
+            self.db.execute(
+                "insert into egress_budgets (policy, destination, period, used, waiting) "
+                "values (?, ?, ?, max(?, 0), 0) on conflict do update set "
+                "used = max(case when period = excluded.period then used else 0 end + ?, 0), "
+                "waiting = case when period = excluded.period then waiting else 0 end, "
+                "period = excluded.period", [policy, destination, period, n, n])
+            return self.egress_used(policy, destination, period)[0]
+
+    def note_budget_waiting(self, policy: str, destination: str, period: float, waiting: int) -> None:
+        """Record how many tags a pass in the period starting at ``period`` left waiting."""
+        self.add_egress(policy, destination, period, 0)
+        with self._lock, self.db.conn:
+            self.db.execute("update egress_budgets set waiting = ? where policy = ? and destination = ?",
+                            [waiting, policy, destination])
+
+    def record_made_tag(self, destination: str, repository: str, tag: str, digest: str) -> None:
+        """Remember that the replicator itself moved the tag at ``destination`` to ``digest``."""
+        with self._lock, self.db.conn:
+            self.db["made_tags"].upsert({"destination": destination, "repository": repository,
+                                         "tag": tag, "digest": digest},
+                                        pk=("destination", "repository", "tag"))
+
+    def made_tags(self, destination: str) -> dict[tuple[str, str], str]:
+        """The tags the replicator made at ``destination``, with the digest it wrote."""
+        with self._lock:
+            rows = self.db.query("select repository, tag, digest from made_tags where destination = ?",
+                                 [destination])
+            return {(row["repository"], row["tag"]): row["digest"] for row in rows}
+
+    def forget_made_tag(self, destination: str, repository: str, tag: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("delete from made_tags where destination = ? and repository = ? and tag = ?",
+                            [destination, repository, tag])
+
+    def tag_absences(self, policy: str, destination: str) -> dict[tuple[str, str], float]:
+        """Since when each tag the replicator made at ``destination`` has been seen missing at
+        the policy's source."""
+        with self._lock:
+            rows = self.db.query("select repository, tag, since from tag_absences where policy = ? "
+                                 "and destination = ?", [policy, destination])
+            return {(row["repository"], row["tag"]): row["since"] for row in rows}
+
+    def replace_tag_absences(self, policy: str, destination: str,
+                             absences: dict[tuple[str, str], float],
+                             repository: str | None = None) -> None:
+        """Make ``absences`` the policy's absences for the destination (or for ``repository``)."""
+        scope = "policy = ? and destination = ?" + (" and repository = ?" if repository else "")
+        params = [policy, destination] + ([repository] if repository else [])
+        with self._lock, self.db.conn:
+            self.db.execute(f"delete from tag_absences where {scope}", params)
+            self.db.conn.executemany(
+                "insert into tag_absences (policy, destination, repository, tag, since) "
+                "values (?, ?, ?, ?, ?)",
+                [(policy, destination, name, tag, since) for (name, tag), since in absences.items()])

@@ -40,7 +40,7 @@ def test_audit_block_takes_every_key(tmp_path):
     ({"path": ""}, "audit.path"),
     ({"path": "a", "max_size": "lots"}, "audit.max_size"),
     ({"path": "a", "max_size": 0}, "audit.max_size"),
-    ({"path": "a", "max_size": "10MB"}, "audit.max_size"),
+    ({"path": "a", "max_size": "10XB"}, "audit.max_size"),
     ({"path": "a", "keep": "forever"}, "audit.keep"),
     ({"path": "a", "region": "mars"}, "audit.region"),
     ({"path": "a", "prefix": "../escape"}, "audit.prefix"),
