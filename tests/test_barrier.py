@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,32 @@ def wait(config: Path, *arguments: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def on_a_terminal(config: Path, image: str) -> str:
+    """What ``wait`` writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "replicator", "wait", "--config",
+                                    str(config), image, "--timeout", "0"],
+                                   stdout=subprocess.DEVNULL, stderr=terminal, cwd=REPO_ROOT)
+        assert process.wait(timeout=120) == 0
+        os.close(terminal)
+        terminal = None
+        written = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:   # the terminal side is closed and everything was read
+                break
+            if not chunk:
+                break
+            written += chunk
+        return written.decode().replace("\r\n", "\n")
+    finally:
+        os.close(controller)
+        if terminal is not None:
+            os.close(terminal)
+
+
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
             for path in root.rglob("*") if path.is_file()}
@@ -123,6 +150,9 @@ def test_wait_names_missing_content_and_writes_nothing(regions):
     assert result.stdout.splitlines() == ["demo/web:multi: every destination serves it",
                                           f"  replica (policy prod): serves {multi.digest}"]
     assert wait(config, f"demo/web@{multi.children[1].digest}", "--timeout", "0").returncode == 0
+    assert on_a_terminal(config, "demo/web:1.0") == (
+        f"\r\x1b[2Kdemo/web:1.0: 1/1 destinations in sync\r\x1b[2Kdemo/web:1.0: 1/1 "
+        f"destinations in sync\n")
 
     child = multi.children[1]
     layer_digest = child.blobs[-1].digest
