@@ -318,25 +318,40 @@ def test_through_cdn_fails_while_the_edge_serves_the_old_digest_and_passes_once_
     assert stale.edge_digest("web", "1") == new.digest
 
 
-def wait_latencies(deployment: Barricade, repository: str, pushes: int = 3) -> list[float]:
-    """Push ``pushes`` new tags one by one, each followed by ``wait --through-cdn``; the seconds
-    from each push's end to its ``wait`` returning 0. One delay observation per change, each
-    within its measured bounds."""
+def through_barrier(deployment: Barricade, reference: str, via: str) -> dict:
+    """The image's status once in sync: from ``wait --through-cdn --json`` (``via="cli"``, a new
+    process) or from ``GET /v1/images/...?wait=60&through_cdn=1`` (``via="api"``)."""
+    if via == "cli":
+        result = deployment.wait(reference, "--through-cdn", "--timeout", "1m", "--interval", "0.2",
+                                 "--json")
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        return json.loads(result.stdout)
+    code, document = deployment.api(f"/v1/images/{reference}?wait=60&through_cdn=1")
+    assert code == 200 and document["in_sync"], document
+    return document
+
+
+def wait_latencies(deployment: Barricade, repository: str, via: str = "cli",
+                   pushes: int = 3) -> list[tuple[float, float]]:
+    """Push ``pushes`` new tags one by one, each followed by the barrier (``through_barrier``);
+    for each, the seconds from the push's end to the barrier's return, and from the change
+    becoming visible (its purge accepted) to that return. One delay observation per change,
+    each between the times measured around the push and the time its purge was accepted."""
     count, total = deployment.delays()
     latencies = []
     for index in range(pushes):
-        pushed = image(f"{repository} {index}")
+        pushed = image(f"{repository} {via} {index}")
         started, pushed_at = deployment.push(repository, str(index), pushed)
-        result = deployment.wait(f"{repository}:{index}", "--through-cdn", "--timeout", "1m",
-                                 "--interval", "0.2")
+        document = through_barrier(deployment, f"{repository}:{index}", via)
         returned = time.time()
-        assert result.returncode == 0, (result.stdout, result.stderr)
         assert deployment.replica_digest(repository, str(index)) == pushed.digest
         assert deployment.edge_digest(repository, str(index)) == pushed.digest
-        latencies.append(returned - pushed_at)
+        visible = destination(document, "replica")["purged_at"]
+        assert pushed_at < visible < returned
+        latencies.append((returned - pushed_at, returned - visible))
         new_count, new_total, scraped = deployment.delays_after(count)
         assert new_count == count + 1
-        assert 0 < new_total - total <= scraped - started
+        assert visible - pushed_at - 1e-6 <= new_total - total <= visible - started + 1e-6
         count, total = new_count, new_total
     return latencies
 
@@ -344,9 +359,18 @@ def wait_latencies(deployment: Barricade, repository: str, pushes: int = 3) -> l
 def test_wait_latency_with_and_without_the_webhook(purging, tmp_path_factory):
     scheduled = Barricade(tmp_path_factory.mktemp("barrier-scheduled"), webhook=False, interval="2s")
     try:
-        figures = {"webhook (debounce 1s)": wait_latencies(purging, "latency/webhook"),
-                   "schedule only (interval 2s)": wait_latencies(scheduled, "latency/scheduled")}
+        figures = {
+            "webhook (debounce 1s), wait": wait_latencies(purging, "latency/webhook-cli"),
+            "webhook (debounce 1s), API": wait_latencies(purging, "latency/webhook-api", "api"),
+            "schedule only (interval 2s), wait": wait_latencies(scheduled, "latency/scheduled-cli"),
+            "schedule only (interval 2s), API": wait_latencies(scheduled, "latency/scheduled-api", "api"),
+        }
+        started = time.monotonic()
+        assert purging.wait("latency/webhook-cli:0", "--through-cdn", "--timeout", "0").returncode == 0
+        in_sync_already = time.monotonic() - started
     finally:
         scheduled.stop()
     for name, latencies in figures.items():
-        print(f"push -> wait returns, {name}: " + ", ".join(f"{value:.2f}s" for value in latencies))
+        print(f"{name}: push -> return " + ", ".join(f"{push:.2f}s" for push, _ in latencies)
+              + "; visible -> return " + ", ".join(f"{seen:.2f}s" for _, seen in latencies))
+    print(f"wait on an image already in sync (process start included): {in_sync_already:.2f}s")
