@@ -17,7 +17,8 @@ set (401 otherwise, compared in constant time). ``GET /v1/images/<image>`` (``na
 ``name@sha256:<hex>`` or both; ``?wait=SECONDS``, at most ``MAX_WAIT``, long-polls until the
 image is in sync everywhere; ``?destination=NAME``, repeatable; ``?through_cdn=1``) answers 200
 with :meth:`replicator.barrier.ImageStatus.as_dict`, 400 for a bad reference or wait, 404 when
-no policy selects the image or the source lacks it, 502 when the source cannot be read.
+no policy selects the image, a destination named is not one of its destinations or the source
+lacks it, 502 when the source cannot be read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import logging
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -151,8 +151,8 @@ def test_wait_names_missing_content_and_writes_nothing(regions):
                                           f"  replica (policy prod): serves {multi.digest}"]
     assert wait(config, f"demo/web@{multi.children[1].digest}", "--timeout", "0").returncode == 0
     assert on_a_terminal(config, "demo/web:1.0") == (
-        f"\r\x1b[2Kdemo/web:1.0: 1/1 destinations in sync\r\x1b[2Kdemo/web:1.0: 1/1 "
-        f"destinations in sync\n")
+        "\r\x1b[2Kdemo/web:1.0: 1/1 destinations in sync\r\x1b[2Kdemo/web:1.0: 1/1 "
+        "destinations in sync\n")
 
     child = multi.children[1]
     layer_digest = child.blobs[-1].digest

@@ -36,7 +36,7 @@ from tests.cdn_servers import RecordingServer, Reply, start_varnish
 from tests.services import LOOPBACK, free_port
 from tests.test_e2e_serve import notifications_endpoint, start_notifying_registry
 from tests.test_e2e_sync import REPO_ROOT, write_config
-from tests.test_service import TOKEN, Replicator, Scrape, wait_for
+from tests.test_service import TOKEN, Replicator, wait_for
 
 API_TOKEN = "api-token-for-tests"
 ACCEPT = ", ".join(sorted(reg.MANIFEST_TYPES))

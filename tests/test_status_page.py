@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from drivers.backoff import Backoff
 from replicator import config as config_module
 from replicator.page import render_page
 from state.store import StateStore
-from drivers.backoff import Backoff
 from tests.test_e2e_barrier import Barricade, image
 from tests.test_e2e_sync import REPO_ROOT, write_config
 from tests.test_service import wait_for
