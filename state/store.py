@@ -89,7 +89,7 @@ def _replications(db: sqlite_utils.Database) -> None:
                                "purged": float, "visible": float, "observed": int},
                               pk=("policy", "destination", "repository", "tag"),
                               not_null={"digest", "changed", "replicated", "observed"})
-    db["replications"].create_index(["destination", "purged"])
+    db["replications"].create_index(["destination", "visible"])
     db["replications"].create_index(["observed", "visible"])
 
 
