@@ -47,7 +47,8 @@ class BadReference(ValueError):
 
 class BarrierError(Exception):
     """The image cannot be waited for: no policy selects it, a ``--destination`` is not one of
-    its destinations, or the source does not have it."""
+    its destinations, or the source does not have it (for ``name:tag@digest``: the source's
+    tag points at another digest, so that one is what will be replicated)."""
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,16 @@ class Barrier:
         name, tag, digest = self.reference.name, self.reference.tag, self.reference.digest
         source = endpoint_for(region)
         try:
+            current = source.tag_read(name, tag) if tag else None
             if digest is None:
-                return source.tag_read(name, tag)
+                return current
             source.manifest_read(name, digest, MAX_MANIFEST_SIZE)
-            return digest
         except (NotFound, layout.LayoutError):
             raise BarrierError(f"{self.reference} is not at the source region {region.name}") from None
+        if current is not None and current != digest:
+            raise BarrierError(f"{self.reference} is not at the source region {region.name}: its "
+                               f"tag points at {current} there (it will not be replicated)")
+        return digest
 
     def check(self) -> ImageStatus:
         """Every destination's state now; never raises for a destination's error (it becomes

@@ -168,3 +168,6 @@ def test_wait_names_missing_content_and_writes_nothing(regions):
     assert "no policy selects demo/worker:latest" in wait(config, "demo/worker:latest").stderr
     missing = wait(config, "demo/web:2.0")
     assert missing.returncode == 2 and "not at the source region primary" in missing.stderr
+    moved = wait(config, f"demo/web:1.0@{multi.digest}")
+    assert moved.returncode == 2, moved.stdout + moved.stderr
+    assert (f"its tag points at {images[('demo/web', '1.0')].digest} there" in moved.stderr)
