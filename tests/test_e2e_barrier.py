@@ -293,12 +293,14 @@ def test_an_unwritable_destination_makes_wait_fail_at_the_timeout_naming_it(purg
 
 def test_through_cdn_fails_while_the_edge_serves_the_old_digest_and_passes_once_purged(stale):
     old, new = image("old at the edge"), image("new at the edge")
+    count, _ = stale.delays()
     stale.push("web", "1", old)
     assert stale.wait("web:1", "--timeout", "1m", "--interval", "0.2").returncode == 0
     assert stale.edge_digest("web", "1") == old.digest          # now cached at the edge
     stale.push("web", "1", new)
     assert stale.wait("web:1", "--timeout", "1m", "--interval", "0.2").returncode == 0
     assert stale.replica_digest("web", "1") == new.digest
+    assert stale.delays_after(count + 1)[0] == count + 2     # the creation and the move
 
     result = stale.wait("web:1", "--through-cdn", "--timeout", "2s", "--interval", "0.5")
     assert result.returncode == 1, (result.stdout, result.stderr)
