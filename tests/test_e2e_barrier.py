@@ -253,6 +253,14 @@ def test_the_image_api_needs_the_api_token_and_names_bad_requests(purging):
     assert purging.api("/v1/images/app:1?wait=soon")[0] == 400
     code, document = purging.api("/v1/images/nothing:1")
     assert code == 404 and "not at the source region primary" in document["error"]
+    request = urllib.request.Request(purging.service.url + "/",
+                                     headers={"Authorization": f"Bearer {API_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = response.read().decode()
+    assert "<h2>Destinations</h2>" in page
+    for text in (page, purging.service.get("/metrics")[1].decode(), purging.service.log()):
+        assert API_TOKEN not in text and TOKEN not in text
 
 
 def test_wait_exits_2_for_bad_usage_and_images_it_cannot_wait_for(purging):
