@@ -21,9 +21,10 @@ from replicator import config as config_module
 from replicator import demo, layout, logs
 from replicator.audit import AuditWriter, history, history_text
 from replicator.audit_shipping import ship_configured
+from replicator.barrier import BadReference, Barrier, BarrierError, parse_reference
 from replicator.engine import RunOptions, run_policy
 from replicator.flavours import resolve_all_flavours
-from replicator.progress import Progress
+from replicator.progress import Progress, redraw
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
 from replicator.service import Service
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("reference", metavar="REPO[:TAG]", help="a repository, or one of its tags")
     history.add_argument("--destination", help="only changes applied to this region")
     history.add_argument("--json", action="store_true", help="print one JSON document")
+    wait = commands.add_parser(
+        "wait", help="wait until every destination serves an image (a deploy barrier)")
+    _config_argument(wait)
+    wait.add_argument("image", metavar="IMAGE",
+                      help="name:tag, name@sha256:<hex> or name:tag@sha256:<hex>")
+    wait.add_argument("--destination", action="append", default=[], metavar="NAME",
+                      help="wait for this destination only (repeatable; default: all of them)")
+    wait.add_argument("--timeout", default="15m", help="give up after this long (default: 15m)")
+    wait.add_argument("--interval", default="2s", help="time between checks (default: 2s)")
+    wait.add_argument("--through-cdn", action="store_true",
+                      help="also GET the manifest through each cdn.baseurls entry")
+    wait.add_argument("--json", action="store_true", help="print one JSON document")
 
     demo_parser = commands.add_parser(
         "demo", help="build a small registry, replicate it to two regions and verify them")
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return demo.run(args.workdir)
         command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify,
-                   "history": _history}[args.command]
+                   "history": _history, "wait": _wait}[args.command]
         return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
@@ -263,3 +276,38 @@ def _verify(args: argparse.Namespace) -> int:
             for item in result.drift:
                 print(f"  {item.kind} {item.repository}:{item.tag}: {item.detail}")
     return EXIT_FAILED if drift else EXIT_OK
+
+
+def _wait(args: argparse.Namespace) -> int:
+    timeout = config_module.duration(args.timeout, "--timeout", allow_zero=True)
+    interval = config_module.duration(args.interval, "--interval")
+    try:
+        reference = parse_reference(args.image)
+    except BadReference as error:
+        raise ConfigError("IMAGE", str(error)) from None
+    config = _load_config(args)
+    state = StateStore(config.state_path) if Path(config.state_path).exists() else None
+    terminal = sys.stderr.isatty()
+    try:
+        barrier = Barrier(config, state, reference, args.destination, args.through_cdn)
+        status = barrier.wait(timeout, interval, on_check=(
+            lambda current: redraw(sys.stderr, current.summary())) if terminal else None)
+    except BarrierError as error:
+        print(f"replicator: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as error:
+        print(f"replicator: cannot read the source: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if state is not None:
+            state.close()
+    if terminal:
+        redraw(sys.stderr, status.summary(), final=True)
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=2))
+    else:
+        outcome = "every destination serves it" if status.in_sync else "NOT everywhere yet"
+        print(f"{status.image}: {outcome}")
+        for destination in status.destinations:
+            print(f"  {destination.text()}")
+    return EXIT_OK if status.in_sync else EXIT_FAILED

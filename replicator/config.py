@@ -128,6 +128,8 @@ class Server:
     port: int
     webhook_token: str | None = field(default=None, repr=False)
     debounce: float = DEFAULT_DEBOUNCE
+    api_token: str | None = field(default=None, repr=False)
+    """When set, the status page and ``/v1/`` need ``Authorization: Bearer <api_token>``."""
 
 
 @dataclass(frozen=True)
@@ -314,16 +316,15 @@ def duration(value: object, field: str, allow_zero: bool = False) -> float:
 
 
 def _server(value: object) -> Server:
-    block = _mapping(value, "server", {"listen", "webhook_token", "debounce"})
+    block = _mapping(value, "server", {"listen", "webhook_token", "debounce", "api_token"})
     listen = _string(block.get("listen", DEFAULT_LISTEN), "server.listen")
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("server.listen", "must be HOST:PORT, for example 0.0.0.0:9100")
-    token = block.get("webhook_token")
-    if token is not None:
-        token = _string(token, "server.webhook_token")
+    token = _optional_string(block, "webhook_token", "server.webhook_token")
     debounce = duration(block.get("debounce", DEFAULT_DEBOUNCE), "server.debounce")
-    return Server(host.strip("[]"), int(port), token, debounce)
+    api_token = _optional_string(block, "api_token", "server.api_token")
+    return Server(host.strip("[]"), int(port), token, debounce, api_token)
 
 
 def _schedule(value: object, field: str) -> Schedule:
@@ -549,6 +550,10 @@ def _string(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(field, "is required and must be a non-empty string")
     return value
+
+
+def _optional_string(block: dict, key: str, field: str) -> str | None:
+    return None if block.get(key) is None else _string(block[key], field)
 
 
 def _integer(value: object, field: str, low: int, high: int) -> int:

@@ -185,6 +185,7 @@ class DestinationPass:
         self.held = self.destination.destination_snapshot(self.repository, self.state,
                                                           self.options.audit)
         self.failing = self.state.failures(self.policy.name, self.destination_name)
+        self.pending_since = self.state.pending(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
         workers = self.options.concurrency
@@ -338,6 +339,7 @@ class DestinationPass:
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
                 self.state.record_made_tag(self.destination_name, plan.name, plan.tag, plan.digest)
+                self._record_replication(plan.name, plan.tag, plan.digest)
                 self._changed(plan.name, plan.tag, current, plan.digest, copied)
 
     def _changed(self, name: str, tag: str, old: str | None, new: str | None,
@@ -347,6 +349,14 @@ class DestinationPass:
             self.options.on_change(Change(self.policy.name, self.policy.source,
                                           self.destination_name, name, tag, action, old, new,
                                           copied, self.report.pass_id))
+
+    def _record_replication(self, name: str, tag: str, digest: str) -> None:
+        """The move's times, for the status API and the replication-delay histogram: the
+        change counts from the earliest the source's listing or a push event showed it."""
+        changed = min(self.source_tags[(name, tag)].mtime,
+                      self.pending_since.get((name, tag), float("inf")))
+        self.state.record_replication(self.policy.name, self.destination_name, name, tag, digest,
+                                      changed, time.time(), self.region.cdn is not None)
 
     def _make(self, step: tuple[str, str]) -> str | None:
         """One step through the gate; its change token, ``None`` in a dry run."""

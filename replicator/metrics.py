@@ -21,12 +21,14 @@ from replicator.config import Config
 from replicator.purging import PurgeOutcome
 from replicator.report import PassReport
 from replicator.status import destination_statuses
-from state.store import StateStore
+from state.store import Replication, StateStore
 
 disable_created_metrics()
 
 PASS_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DESTINATION = ("policy", "source", "destination")
+DELAY_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+"""Replication delays: seconds (pushes announced by events) to a day (a stuck destination)."""
 
 
 class Metrics:
@@ -59,6 +61,10 @@ class Metrics:
             "replicator_changes_without_event", "Changes a scheduled pass applied that no push "
             "or delete event had announced (lost notifications).", DESTINATION,
             registry=self.registry)
+        self.replication_delay = Histogram(
+            "replicator_replication_delay_seconds", "From a tag's change at the source to the "
+            "change visible at the destination (its CDN purge accepted), one per tag change.",
+            ("policy", "destination"), buckets=DELAY_BUCKETS, registry=self.registry)
         self.config = config
         self.registry.register(_StateCollector(config, state))
         self.registry.register(_RequestCollector(config))
@@ -81,6 +87,12 @@ class Metrics:
             self.pass_duration.labels(*labels).observe(duration)
         self.observe_purges(report.destination, PurgeOutcome(
             report.purges_sent, report.purges_retrying, report.purges_failed))
+
+    def observe_replications(self, replications: list[Replication]) -> None:
+        """One replication-delay observation per tag change made visible."""
+        for replication in replications:
+            self.replication_delay.labels(replication.policy, replication.destination).observe(
+                max(0.0, replication.visible - replication.changed))
 
     def observe_purges(self, destination: str, outcome: PurgeOutcome) -> None:
         cdn = self.config.regions[destination].cdn

@@ -1,4 +1,5 @@
-"""A one-line progress display for ``sync`` on a terminal: tags, blobs, bytes, rate, ETA."""
+"""One-line progress displays on a terminal: ``sync``'s tags, blobs, bytes, rate and ETA; the
+line ``wait`` redraws after each check."""
 
 from __future__ import annotations
 
@@ -57,7 +58,12 @@ class Progress:
                 f"{self._repositories} repositories, {counts['blobs_copied']} blobs, "
                 f"{human_size(counts['bytes_copied'])} ({human_size(int(rate))}/s)"
                 + ("" if final or eta is None else f", ETA {eta:.0f}s"))
-        self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        self.stream.flush()
+        redraw(self.stream, line, final)
         if final:
             self._report = None
+
+
+def redraw(stream: TextIO, line: str, final: bool = False) -> None:
+    """Replace the terminal's current line with ``line``; ``final`` ends it."""
+    stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+    stream.flush()

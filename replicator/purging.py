@@ -31,7 +31,24 @@ def purge_urls(baseurls: tuple[str, ...], name: str, tag: str) -> list[str]:
     """The URLs whose cached answers change when ``name:tag`` moves: the tag's manifest and
     the repository's tag list, under every base URL. Never blobs or digest URLs."""
     return [url for base in baseurls
-            for url in (f"{base}/v2/{name}/manifests/{tag}", f"{base}/v2/{name}/tags/list")]
+            for url in (manifest_url(base, name, tag), f"{base}/v2/{name}/tags/list")]
+
+
+def manifest_url(base: str, name: str, reference: str) -> str:
+    """The URL of ``name``'s manifest ``reference`` (a tag or a digest) under ``base``."""
+    return f"{base}/v2/{name}/manifests/{reference}"
+
+
+def outstanding_tag_purges(region: Region, state: StateStore, name: str, tag: str) -> list[str]:
+    """The tag's manifest URLs whose purge the provider has not accepted yet."""
+    if region.cdn is None:
+        return []
+    outstanding = {item.url for item in state.outstanding_purges(region.name)}
+    return [url for url in _manifest_urls(region, name, tag) if url in outstanding]
+
+
+def _manifest_urls(region: Region, name: str, tag: str) -> list[str]:
+    return [manifest_url(base, name, tag) for base in region.cdn.baseurls]
 
 
 @dataclass
@@ -122,4 +139,15 @@ def _send(region: Region, state: StateStore, now: float) -> PurgeOutcome:
             state.purges_done(batch)
             outcome.sent += len(urls)
     outcome.errors = tuple(errors)
+    _note_purged(region, state)
     return outcome
+
+
+def _note_purged(region: Region, state: StateStore) -> None:
+    """Mark the moves whose manifest URLs have no purge outstanding any more as purged now."""
+    awaiting = state.awaiting_purge(region.name)
+    if awaiting:
+        outstanding = {item.url for item in state.outstanding_purges(region.name)}
+        purged = [(name, tag) for name, tag in awaiting
+                  if not outstanding.intersection(_manifest_urls(region, name, tag))]
+        state.record_purged(region.name, purged, time.time())

@@ -70,6 +70,7 @@ class Service:
 
     def start(self) -> None:
         recover_purges(self.config.regions, self.state)
+        self.state.take_visible_replications()   # made visible before this process: not observed
         now = datetime.now(timezone.utc)
         for policy in self.config.policies:
             if policy.schedule.cron:
@@ -97,6 +98,7 @@ class Service:
         for name, region in self.config.regions.items():
             if region.cdn is not None:
                 self.metrics.observe_purges(name, send_purges(region, self.state))
+        self.metrics.observe_replications(self.state.take_visible_replications())
 
     def stop(self) -> None:
         """Start no new tag; let passes under way finish their current tags; then return."""
@@ -135,6 +137,7 @@ class Service:
                          report.destination, f" ({repository})" if repository else "",
                          report.tags_replicated, report.tags_unchanged, report.tags_failed)
             self._settle_announcements(policy, changes, repository, begun)
+            self.metrics.observe_replications(self.state.take_visible_replications())
             return reports
 
     def _applied(self, change: Change, changes: list[Change]) -> None:

@@ -81,16 +81,17 @@ def status_text(statuses: list[DestinationStatus]) -> str:
         lines.append(f"{status.policy}: {status.source} -> {status.destination}: {state}, "
                      f"lag {status.lag_seconds:.0f}s, {status.pending_tags} pending, "
                      f"{len(status.failing)} failing, {status.purges_outstanding} CDN purges "
-                     f"outstanding, last success {_when(status.last_success)}")
+                     f"outstanding, last success {when_text(status.last_success)}")
         if status.budget is not None:
             budget = status.budget
             lines.append(f"  egress budget: {human_size(budget.used)} of {human_size(budget.bytes)} "
-                         f"used until {_when(budget.period_ends)}; {budget.waiting_tags} tags "
+                         f"used until {when_text(budget.period_ends)}; {budget.waiting_tags} tags "
                          f"waiting for it (pending, reason budget)")
         lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
-                     f"{_when(f.next_retry)}): {f.error}" for f in status.failing)
+                     f"{when_text(f.next_retry)}): {f.error}" for f in status.failing)
     return "\n".join(lines)
 
 
-def _when(seconds: float | None) -> str:
+def when_text(seconds: float | None) -> str:
+    """A UTC time as ISO 8601 (``never`` for ``None`` or 0)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)) if seconds else "never"

@@ -58,13 +58,15 @@ def verify(source: Endpoint, destination: Destination, tags: list[tuple[str, str
     Raises ``StorageError`` only if a region cannot be listed or read at all.
     """
     held = destination.destination_snapshot(None, None, audit=True)
-    checker = _Checker(destination, held, deep)
+    checker = ContentChecker(destination, held, deep)
     for name, tag in tags:
         checker.check_tag(source, name, tag)
     return checker.result
 
 
-class _Checker:
+class ContentChecker:
+    """Checks tags and manifests at a destination, collecting drift in ``result``."""
+
     def __init__(self, destination: Destination, held: DestinationSnapshot, deep: bool):
         self.destination = destination
         self.held = held
@@ -87,9 +89,11 @@ class _Checker:
             self._drift(name, tag, "tag-mismatch", f"source {expected}, destination {actual}")
         for kind, detail in self.held.missing_history(name, tag, actual):
             self._drift(name, tag, kind, detail)
-        self._check_manifest(name, tag, actual)
+        self.check_manifest(name, tag, actual)
 
-    def _check_manifest(self, name: str, tag: str, digest: str) -> None:
+    def check_manifest(self, name: str, tag: str, digest: str) -> None:
+        """The manifest at ``digest`` in ``name``, its children, their links and blobs: what a
+        pull of it needs. Raises ``StorageError`` only if the destination cannot be read."""
         self.result.manifests_checked += 1
         try:
             manifest = parse_manifest(self.destination.manifest_read(name, digest, MAX_MANIFEST_SIZE),
@@ -107,7 +111,7 @@ class _Checker:
         for kind, detail in self.held.missing_references(name, tag, manifest, [b.digest for b in blobs]):
             self._drift(name, tag, kind, detail)
         for child in manifest.children:
-            self._check_manifest(name, tag, child.digest)
+            self.check_manifest(name, tag, child.digest)
         for blob in blobs:
             self._check_blob(name, tag, blob.digest, blob.size)
 

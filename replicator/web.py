@@ -1,4 +1,5 @@
-"""The service's HTTP face: ``/metrics``, ``/healthz``, ``/readyz``, ``POST /events/<region>``.
+"""The service's HTTP face: ``/metrics``, ``/healthz``, ``/readyz``, ``POST /events/<region>``,
+the status page ``/`` and the image status ``GET /v1/images/<image>``.
 
 The webhook answers fast: it validates the whole envelope (size, content type, token, JSON
 shape) before anything is queued, so a rejected request changes nothing.
@@ -10,6 +11,14 @@ shape) before anything is queued, so a rejected request changes nothing.
     413  body over 1 MiB
     400  wrong Content-Type or malformed envelope
     200  ``{"accepted": N, "triggered": M}``
+
+The page and ``/v1/`` need ``Authorization: Bearer <api_token>`` when ``server.api_token`` is
+set (401 otherwise, compared in constant time). ``GET /v1/images/<image>`` (``name:tag``,
+``name@sha256:<hex>`` or both; ``?wait=SECONDS``, at most ``MAX_WAIT``, long-polls until the
+image is in sync everywhere; ``?destination=NAME``, repeatable; ``?through_cdn=1``) answers 200
+with :meth:`replicator.barrier.ImageStatus.as_dict`, 400 for a bad reference or wait, 404 when
+no policy selects the image, a destination named is not one of its destinations or the source
+lacks it, 502 when the source cannot be read.
 """
 
 from __future__ import annotations
@@ -19,15 +28,19 @@ import json
 import logging
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from drivers.errors import StorageError
+from replicator.barrier import BadReference, Barrier, BarrierError, parse_reference
 from replicator.notifications import (
     MAX_BODY,
     MEDIA_TYPES,
     EnvelopeError,
     parse_envelope,
 )
+from replicator.page import render_page
 from replicator.service import Service
 
 log = logging.getLogger(__name__)
@@ -35,6 +48,11 @@ log = logging.getLogger(__name__)
 
 DISCARD_LIMIT = 8 * MAX_BODY
 """An oversized body up to this size is read and dropped so the client sees the 413."""
+IMAGES = "/v1/images/"
+MAX_WAIT = 300.0
+"""Seconds an image status request may long-poll."""
+WAIT_INTERVAL = 1.0
+"""Seconds between the checks of a long-polling image status request."""
 
 
 class WebServer(ThreadingHTTPServer):
@@ -69,15 +87,53 @@ class _Handler(BaseHTTPRequestHandler):
             regions = service.readiness
             ready = all(value == "ok" for value in regions.values()) and not service.stopping.is_set()
             self._json(200 if ready else 503, {"ready": ready, "regions": regions})
+        elif urlsplit(self.path).path == "/" or self.path.startswith(IMAGES):
+            self._protected(service)
         else:
             self._json(404, {"error": "not found"})
 
+    def _protected(self, service: Service) -> None:
+        if not self._bearer(service.config.server.api_token):
+            return
+        url = urlsplit(self.path)
+        if url.path == "/":
+            page = render_page(service.config, service.state)
+            self._send(200, page.encode(), "text/html; charset=utf-8")
+            return
+        query = parse_qs(url.query)
+        try:
+            wait = min(float(query.get("wait", ["0"])[0]), MAX_WAIT)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT:
+            self._json(400, {"error": f"wait must be a number of seconds from 0 to {MAX_WAIT:.0f}"})
+            return
+        try:
+            barrier = Barrier(service.config, service.state,
+                              parse_reference(unquote(url.path[len(IMAGES):])),
+                              query.get("destination", []),
+                              query.get("through_cdn", [""])[0] in ("1", "true"))
+            status = barrier.wait(wait, WAIT_INTERVAL, service.stopping)
+        except BadReference as error:
+            self._json(400, {"error": str(error)})
+        except BarrierError as error:
+            self._json(404, {"error": str(error)})
+        except StorageError as error:
+            self._json(502, {"error": f"cannot read the source: {error}"})
+        else:
+            self._json(200, status.as_dict())
+
+    def _bearer(self, token: str | None) -> bool:
+        """Whether the request carries ``token`` (or none is needed); answers 401 if not."""
+        supplied = self.headers.get("Authorization", "")
+        if token is None or hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return True
+        self._json(401, {"error": "missing or wrong bearer token"})
+        return False
+
     def do_POST(self) -> None:
         service = self.server.service
-        token = service.config.server.webhook_token
-        supplied = self.headers.get("Authorization", "")
-        if token is not None and not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
-            self._json(401, {"error": "missing or wrong bearer token"})
+        if not self._bearer(service.config.server.webhook_token):
             return
         prefix = "/events/"
         region = self.path[len(prefix):] if self.path.startswith(prefix) else None

@@ -18,6 +18,10 @@ Deleting the database costs one full re-scan, nothing else. It holds:
   there, with the digest it wrote (only these may be deleted by a policy with ``delete``);
 - ``tag_absences``: since when a pass has seen each such tag missing at the policy's source
   (for ``delete_delay``);
+- ``replications``: for each policy, destination and tag, the digest last moved there, when
+  its change was made at the source, when the move was applied and when its CDN purge was
+  accepted (``visible``: the later of the two, once both happened), and whether the
+  replication-delay histogram has observed it;
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
   the source: the lag is the age of the oldest;
@@ -87,6 +91,17 @@ def _blob_homes(db: sqlite_utils.Database) -> None:
                             pk=("destination", "digest"))
 
 
+@migrations(name="0006_replications")
+def _replications(db: sqlite_utils.Database) -> None:
+    db["replications"].create({"policy": str, "destination": str, "repository": str, "tag": str,
+                               "digest": str, "changed": float, "replicated": float,
+                               "purged": float, "visible": float, "observed": int},
+                              pk=("policy", "destination", "repository", "tag"),
+                              not_null={"digest", "changed", "replicated", "observed"})
+    db["replications"].create_index(["destination", "visible"])
+    db["replications"].create_index(["observed", "visible"])
+
+
 @migrations(name="0007_announced_changes")
 def _announced_changes(db: sqlite_utils.Database) -> None:
     db["announced"].create({"policy": str, "destination": str, "repository": str, "tag": str,
@@ -132,6 +147,23 @@ class FailureRecord:
     first_failed: float
     last_failed: float
     next_retry: float
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A tag's last move at a destination: ``changed`` at the source, ``replicated`` (the move
+    applied), ``purged`` (its CDN purge accepted; ``None`` while outstanding or without a CDN)
+    and ``visible`` (when users could pull it; ``None`` until then)."""
+
+    policy: str
+    destination: str
+    repository: str
+    tag: str
+    digest: str
+    changed: float
+    replicated: float
+    purged: float | None
+    visible: float | None
 
 
 @dataclass(frozen=True)
@@ -477,3 +509,52 @@ class StateStore:
                 "insert into tag_absences (policy, destination, repository, tag, since) "
                 "values (?, ?, ?, ?, ?)",
                 [(policy, destination, name, tag, since) for (name, tag), since in absences.items()])
+
+    def record_replication(self, policy: str, destination: str, repository: str, tag: str,
+                           digest: str, changed: float, replicated: float, purge: bool) -> None:
+        """Note that the tag's move to ``digest`` was applied at ``replicated`` for a change made
+        at the source at ``changed``; with ``purge``, it becomes visible when its CDN purge is
+        accepted (:meth:`record_purged`), else at once."""
+        with self._lock, self.db.conn:
+            self.db["replications"].upsert(
+                {"policy": policy, "destination": destination, "repository": repository,
+                 "tag": tag, "digest": digest, "changed": changed, "replicated": replicated,
+                 "purged": None, "visible": None if purge else replicated, "observed": 0},
+                pk=("policy", "destination", "repository", "tag"))
+
+    def awaiting_purge(self, destination: str) -> list[tuple[str, str]]:
+        """(repository, tag) of every move at ``destination`` whose purge is not yet noted."""
+        with self._lock:
+            rows = self.db.execute("select distinct repository, tag from replications "
+                                   "where destination = ? and visible is null", [destination])
+            return [(row[0], row[1]) for row in rows]
+
+    def record_purged(self, destination: str, tags: list[tuple[str, str]], purged: float) -> None:
+        """Note that the CDN purge of each (repository, tag) moved at ``destination`` was accepted."""
+        with self._lock, self.db.conn:
+            self.db.conn.executemany(
+                "update replications set purged = ?, visible = max(replicated, ?) "
+                "where destination = ? and repository = ? and tag = ? and visible is null",
+                [(purged, purged, destination, name, tag) for name, tag in tags])
+
+    def replication(self, policy: str, destination: str, repository: str,
+                    tag: str) -> Replication | None:
+        with self._lock:
+            rows = list(self.db.query(
+                "select policy, destination, repository, tag, digest, changed, replicated, purged, "
+                "visible from replications where policy = ? and destination = ? and repository = ? "
+                "and tag = ?", [policy, destination, repository, tag]))
+        return Replication(**rows[0]) if rows else None
+
+    def take_visible_replications(self) -> list[Replication]:
+        """Every move that became visible and was not taken yet, each returned once."""
+        columns = "policy, destination, repository, tag, digest, changed, replicated, purged, visible"
+        with self._lock, self.db.conn:
+            rows = list(self.db.query(f"select {columns} from replications "
+                                      "where observed = 0 and visible is not null"))
+            self.db.conn.executemany(
+                "update replications set observed = 1 where policy = ? and destination = ? "
+                "and repository = ? and tag = ? and visible = ?",
+                [(row["policy"], row["destination"], row["repository"], row["tag"], row["visible"])
+                 for row in rows])
+        return [Replication(**row) for row in rows]
