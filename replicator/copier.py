@@ -162,8 +162,8 @@ class BlobCopier:
                     size += len(chunk)
                     if 0 <= blob.size <= size:
                         check()
-                    if self.throttle is not None:
-                        self.throttle.take(len(chunk))
+                    if self.throttle is not None and self.throttle.take(len(chunk)):
+                        self.report.count("bandwidth_waits")
                     yield chunk
             except NotFound:
                 raise _missing(blob) from None

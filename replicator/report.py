@@ -9,14 +9,16 @@ from dataclasses import asdict, dataclass, field
 COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
             "server_side_copies", "server_side_verified", "server_side_trusted", "server_side_bytes",
-            "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out")
+            "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out",
+            "bandwidth_waits")
 """``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
 destination's storage copied from the source's itself (``server_side_verified`` of them with
 the SHA-256 proven by the provider, ``server_side_trusted`` checked by size only); ``bytes_copied`` counts only the bytes
 that streamed through the replicator (blobs and manifests), ``server_side_bytes`` the others.
 ``purges_retrying`` counts URLs not accepted yet but worth retrying, ``purges_failed`` those
 refused for good, ``purges_timed_out`` those still retrying when the run's ``cdn.timeout`` ran
-out (the last two make the pass fail)."""
+out (the last two make the pass fail). ``bandwidth_waits`` counts the streamed chunks that
+waited for the destination's ``bandwidth`` limit."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class PassReport:
     purges_retrying: int = 0
     purges_failed: int = 0
     purges_timed_out: int = 0
+    bandwidth_waits: int = 0
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     """Set when the pass could not run at all (a region could not be listed)."""

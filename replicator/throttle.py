@@ -26,17 +26,15 @@ class TokenBucket:
         self._tokens = 0.0
         self._updated = clock()
         self._lock = threading.Lock()
-        self.waited = 0.0
-        """Seconds spent waiting for tokens, summed over every caller."""
 
-    def take(self, n: int) -> None:
-        """Take ``n`` bytes' worth, waiting until the rate allows them."""
+    def take(self, n: int) -> bool:
+        """Take ``n`` bytes' worth, waiting until the rate allows them; whether it waited."""
         with self._lock:
             now = self._clock()
             self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
             self._updated = now
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-            self.waited += wait
         if wait:
             self._sleep(wait)
+        return wait > 0

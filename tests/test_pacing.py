@@ -81,14 +81,12 @@ def test_a_limited_destination_is_paced_and_an_unlimited_one_in_the_same_pass_is
     starts = {}
     slow, fast = sync(config, on_pass=lambda report, tags: starts.setdefault(report.destination,
                                                                            time.monotonic()))
-    finished = time.monotonic()
     assert (slow.destination, fast.destination) == ("slow", "fast")
     for report in (slow, fast):
         assert (report.tags_replicated, report.blobs_copied, report.tags_failed) == (1, 2, 0)
         assert report.bytes_copied > 64 * MiB
-    slow_seconds, fast_seconds = starts["fast"] - starts["slow"], finished - starts["fast"]
-    assert slow_seconds >= 7.0
-    assert fast_seconds < 7.0
+    assert starts["fast"] - starts["slow"] >= 7.0
+    assert slow.bandwidth_waits > 0 and fast.bandwidth_waits == 0
     with reg.start_registry(reg.s3_storage(moto.url, bucket), tmp_path / "logs", readonly=True) as replica:
         assert reg.manifest_digest(replica.url, "apps/big", "1") == big.digest
 
@@ -96,12 +94,11 @@ def test_a_limited_destination_is_paced_and_an_unlimited_one_in_the_same_pass_is
 def test_the_token_bucket_shares_one_rate_between_callers():
     now = [0.0]
     bucket = TokenBucket(100.0, clock=lambda: now[0], sleep=lambda seconds: now.__setitem__(0, now[0] + seconds))
-    for _ in range(10):
-        bucket.take(50)
+    assert all(bucket.take(50) for _ in range(10))
     assert now[0] == pytest.approx(5.0)      # 500 bytes at 100 B/s from an empty bucket
     now[0] += 100.0                           # a long pause fills one second's worth, no more
-    bucket.take(100)
-    bucket.take(100)
+    assert not bucket.take(100)
+    assert bucket.take(100)
     assert now[0] == pytest.approx(106.0)
 
 
@@ -190,8 +187,11 @@ def test_the_budget_stops_new_copies_at_the_limit_and_resumes_in_the_next_period
 # --- windows -----------------------------------------------------------------------------------
 
 def _windows(open_now: bool) -> list[dict]:
-    today = DAYS[datetime.now(timezone.utc).weekday()]
-    days = [today] if open_now else [day for day in DAYS if day != today]
+    """Open all of today and tomorrow (UTC), or closed from yesterday to tomorrow: a test that
+    runs across midnight sees the same."""
+    today = datetime.now(timezone.utc).weekday()
+    near = [DAYS[(today + offset) % 7] for offset in (-1, 0, 1)]
+    days = near[1:] if open_now else [day for day in DAYS if day not in near]
     return [{"days": days, "hours": "00:00-24:00", "timezone": "UTC"}]
 
 
