@@ -22,6 +22,7 @@ from drivers.base import RequestCounter, StorageDriver
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
 from replicator import flavours
+from replicator.signatures import load_keys
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
@@ -58,6 +59,14 @@ class Policy:
     tags: Filter
     delete: bool
     schedule: Schedule = Schedule()
+    artifacts: str = "follow"
+    """``follow``: artifacts (signatures, attestations, SBOMs, referrers) travel with their
+    image whatever the tag filter says; ``tags``: artifact tags are tags like any other."""
+    artifact_types: Filter = Filter()
+    """Which artifacts are followed, by artifact type (``artifactType``, else config media type)."""
+    signature_keys: tuple = ()
+    """``require_signature.keys``: when set, only digests with a cosign signature verifying
+    against one of them are replicated."""
 
 
 @dataclass(frozen=True)
@@ -305,7 +314,8 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
     for index, item in enumerate(value):
         field = f"policies[{index}]"
         block = _mapping(item, field, {"name", "source", "destinations", "repositories", "tags",
-                                       "delete", "schedule"})
+                                       "delete", "schedule", "artifacts", "artifact_types",
+                                       "require_signature"})
         name = _string(block.get("name"), f"{field}.name")
         if any(policy.name == name for policy in policies):
             raise ConfigError(f"{field}.name", f"duplicate policy name {name!r}")
@@ -326,8 +336,21 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         policies.append(Policy(name, source, destinations,
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,
-                               _schedule(block.get("schedule"), f"{field}.schedule")))
+                               _schedule(block.get("schedule"), f"{field}.schedule"),
+                               *_artifact_settings(block, field)))
     return tuple(policies)
+
+
+def _artifact_settings(block: dict, field: str) -> tuple[str, Filter, tuple]:
+    """A policy's ``artifacts``, ``artifact_types`` and ``require_signature.keys``."""
+    artifacts = block.get("artifacts", "follow")
+    if artifacts not in ("follow", "tags"):
+        raise ConfigError(f"{field}.artifacts", "must be follow or tags")
+    keys: tuple = ()
+    if "require_signature" in block:
+        gate = _mapping(block["require_signature"], f"{field}.require_signature", {"keys"})
+        keys = load_keys(gate.get("keys"), f"{field}.require_signature.keys")
+    return artifacts, _filter(block.get("artifact_types"), f"{field}.artifact_types"), keys
 
 
 def _filter(value: object, field: str) -> Filter:

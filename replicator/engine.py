@@ -28,6 +28,7 @@ from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from replicator import layout
+from replicator.artifacts import follows, wanted_tag
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier
 from replicator.endpoints import Endpoint, endpoint_for
@@ -35,6 +36,7 @@ from replicator.endpoints.base import Selection, Snapshot
 from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
+from replicator.follow import Artifact, ArtifactFollower
 from replicator.gate import Gate
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
@@ -46,6 +48,7 @@ from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
 from replicator.sharding import Shard
+from replicator.signatures import require_signature, signature_tag
 from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,9 @@ class DestinationPass:
         self.in_sync: set[tuple[str, str]] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
+        self.artifacts = ArtifactFollower(policy, source, self._destination_digest,
+                                          self._replicate_artifact, self.report,
+                                          options.audit) if follows(policy) else None
 
     def run(self) -> PassReport:
         started = time.time()
@@ -231,11 +237,16 @@ class DestinationPass:
             if self._deferred(name, tag, digest):
                 return
             current = self._destination_digest(name, tag)
-            if digest == current and not self.options.audit:
+            changed = digest != current or self.options.audit
+            tree = self.source.manifest_tree(name, digest) if changed else None
+            if changed and self.policy.signature_keys:
+                require_signature(self.source, name, digest, self.policy.signature_keys)
+            if self.artifacts is not None:
+                self.artifacts.follow(name, tag, digest, tree)
+            if not changed:
                 self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
-            tree = self.source.manifest_tree(name, digest)
             plan = self.held.plan(name, tag, digest, tree, current)
             self._count_reused(plan.reused)
             self._apply(plan)
@@ -246,6 +257,19 @@ class DestinationPass:
             self._failed(name, tag, digest, unexpected(error))
         else:
             self._done(name, tag, not plan.empty, digest)
+
+    def _replicate_artifact(self, name: str, image_tag: str, artifact: Artifact) -> bool:
+        """One artifact of ``name:image_tag``, as a tag of its own; whether anything changed."""
+        if artifact.digest == artifact.current and not self.options.audit:
+            self._complete_tag(name, artifact.tag, artifact.digest)
+            return False
+        plan = self.held.plan(name, artifact.tag, artifact.digest, artifact.tree, artifact.current)
+        if self.options.dry_run and not plan.empty:
+            self.report.plan_artifact(f"{name}:{artifact.tag} -> {artifact.digest} "
+                                      f"(of {name}:{image_tag})")
+        self._count_reused(plan.reused)
+        self._apply(plan)
+        return not plan.empty
 
     def _fields(self, name: str, tag: str, digest: str) -> dict:
         return {"policy": self.policy.name, "source": self.policy.source,
@@ -267,17 +291,25 @@ class DestinationPass:
         self.report.fail(name, tag, str(error), error_kind(error))
         if not self.options.dry_run:
             self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,
-                                      str(error), self.options.backoff or RETRY_BACKOFF)
+                                      str(error), self.options.backoff or RETRY_BACKOFF,
+                                      kind=error_kind(error))
 
     def _deferred(self, name: str, tag: str, digest: str) -> bool:
         failure = self.failing.get((name, tag))
         if (self.options.backoff is None or failure is None or failure.digest != digest
-                or failure.next_retry <= time.time()):
+                or failure.next_retry <= time.time()
+                or self._signed_since(name, digest, failure.last_failed)):
             return False
         self.report.fail(name, tag, f"retry deferred until {_timestamp(failure.next_retry)} after "
                                     f"{failure.attempts} attempts; last error: {failure.error}",
                          "deferred")
         return True
+
+    def _signed_since(self, name: str, digest: str, moment: float) -> bool:
+        """Whether a signature of ``digest`` appeared (or moved) at the source after ``moment``:
+        a tag held back for want of one is retried at once."""
+        entry = self.source.snapshot.tags.get((name, signature_tag(digest)))
+        return bool(self.policy.signature_keys) and entry is not None and entry.mtime > moment
 
     def _complete_tag(self, name: str, tag: str, digest: str) -> None:
         """Make the step a tag already at the right digest still lacks (a pass stopped between
@@ -373,7 +405,7 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     try:
         snapshot = source_endpoint.snapshot(repository, state, options.audit, Selection(
             lambda name: selected(policy.repositories, name) and options.shard.owns(name),
-            lambda name, tag: policy_selects(policy, name, tag)))
+            lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag)))
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in policy.destinations]

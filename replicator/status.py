@@ -39,7 +39,7 @@ class DestinationStatus:
             "purges_outstanding": self.purges_outstanding,
             "failures": [{"repository": f.repository, "tag": f.tag, "digest": f.digest,
                           "attempts": f.attempts, "error": f.error, "first_failed": f.first_failed,
-                          "next_retry": f.next_retry} for f in self.failing],
+                          "next_retry": f.next_retry, "kind": f.kind} for f in self.failing],
         }
 
 
@@ -77,7 +77,8 @@ def status_text(statuses: list[DestinationStatus]) -> str:
                      f"{len(status.failing)} failing, {status.purges_outstanding} CDN purges "
                      f"outstanding, last success {_when(status.last_success)}")
         lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
-                     f"{_when(f.next_retry)}): {f.error}" for f in status.failing)
+                     f"{_when(f.next_retry)}): {f.kind + ': ' if f.kind else ''}{f.error}"
+                     for f in status.failing)
     return "\n".join(lines)
 
 

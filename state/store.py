@@ -78,6 +78,11 @@ def _blob_homes(db: sqlite_utils.Database) -> None:
                             pk=("destination", "digest"))
 
 
+@migrations(name="0010_failure_kinds")
+def _failure_kinds(db: sqlite_utils.Database) -> None:
+    db["failures"].add_column("kind", str, not_null_default="")
+
+
 @dataclass(frozen=True)
 class PurgeItem:
     """``generation`` counts the changes this URL was enqueued for; with the URL it names one
@@ -109,6 +114,8 @@ class FailureRecord:
     first_failed: float
     last_failed: float
     next_retry: float
+    kind: str = ""
+    """The error's kind (``replicator.errors.error_kind``)."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ class StateStore:
 
     def record_failure(self, policy: str, destination: str, repository: str, tag: str,
                        digest: str, error: str, backoff: Backoff,
-                       now: float | None = None) -> FailureRecord:
+                       now: float | None = None, kind: str = "") -> FailureRecord:
         """Count one more failed attempt; the next retry waits ``backoff.delay(attempts)``."""
         now = time.time() if now is None else now
         with self._lock, self.db.conn:
@@ -233,7 +240,7 @@ class StateStore:
             attempts = previous[0]["attempts"] + 1 if previous else 1
             first = previous[0]["first_failed"] if previous else now
             record = FailureRecord(policy, destination, repository, tag, digest, attempts, error,
-                                   first, now, now + backoff.delay(attempts))
+                                   first, now, now + backoff.delay(attempts), kind)
             self.db["failures"].upsert(record.__dict__, pk=("policy", "destination", "repository", "tag"))
         return record
 
