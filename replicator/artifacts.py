@@ -42,6 +42,12 @@ def wanted_tag(policy: Policy, tag: str) -> bool:
     return follows(policy) and artifact_subject(tag) is not None
 
 
+def standalone(policy: Policy, tag: str) -> bool:
+    """Whether a tag the policy selects is replicated as a unit of its own: every tag but,
+    under ``require_signature``, an artifact tag, which travels only with its verified subject."""
+    return not (policy.signature_keys and artifact_subject(tag) is not None)
+
+
 class ArtifactTags:
     """The artifact tags of one listing, by (repository, subject digest)."""
 

@@ -350,6 +350,9 @@ def _artifact_settings(block: dict, field: str) -> tuple[str, Filter, tuple]:
     if "require_signature" in block:
         gate = _mapping(block["require_signature"], f"{field}.require_signature", {"keys"})
         keys = load_keys(gate.get("keys"), f"{field}.require_signature.keys")
+        if artifacts != "follow":
+            raise ConfigError(f"{field}.require_signature", "needs artifacts: follow (signatures "
+                                                            "travel with the images they sign)")
     return artifacts, _filter(block.get("artifact_types"), f"{field}.artifact_types"), keys
 
 

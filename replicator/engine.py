@@ -28,7 +28,7 @@ from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from replicator import layout
-from replicator.artifacts import follows, wanted_tag
+from replicator.artifacts import follows, standalone, wanted_tag
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier
 from replicator.endpoints import Endpoint, endpoint_for
@@ -369,8 +369,8 @@ class DestinationPass:
 
     def _delete_removed_tags(self) -> None:
         for name, tag in sorted(self.held.tags):
-            if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
-                    or not self.options.shard.owns(name)):
+            if ((name, tag) in self.source.snapshot.tags
+                    or not policy_selects(self.policy, name, tag) or not self.options.shard.owns(name)):
                 continue
             try:
                 with self._purging(name, tag):
@@ -410,7 +410,8 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in policy.destinations]
     tags = {key: snapshot.tags[key] for key in sorted(snapshot.tags)
-            if policy_selects(policy, *key) and options.shard.owns(key[0])}
+            if policy_selects(policy, *key) and standalone(policy, key[1])
+            and options.shard.owns(key[0])}
     source = SourceReader(source_endpoint, snapshot, started)
     reports = []
     for name in policy.destinations:

@@ -104,7 +104,8 @@ class ArtifactFollower:
             digest = self.source.tag_digest(name, tag)
             current = self.destination_digest(name, tag)
             changed = self.audit or digest != current
-            tree = self.source.manifest_tree(name, digest) if changed or self._searching(name) else None
+            read = changed or self._searching(name)
+            tree = self.source.manifest_tree(name, digest) if read else None
         except TAG_ERRORS as error:
             raise ArtifactFailed(f"artifact {name}:{tag} cannot be read: {error}", error) from None
         if changed and not types_selected(self.policy.artifact_types, artifact_types(digest, tree)):
@@ -155,7 +156,8 @@ class ArtifactFollower:
                 continue
             for tag in tags:
                 try:
-                    if self.audit or self._source_digest(name, tag) != self.destination_digest(name, tag):
+                    current = self.destination_digest(name, tag)
+                    if self.audit or self._source_digest(name, tag) != current:
                         return True
                 except TAG_ERRORS:
                     return True
