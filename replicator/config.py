@@ -182,8 +182,8 @@ def expand(value: object, field: str) -> object:
 
 
 def parse(document: object, base: Path = Path("."), clients: bool = True) -> Config:
-    """Validate an expanded document. Relative state paths are taken from ``base``; without
-    ``clients``, regions get none (see :func:`load`)."""
+    """Validate an expanded document. Relative state and key file paths are taken from
+    ``base``; without ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
                                    "audit_interval", "server_side_copy", "abandoned_uploads_after"})
     state = _mapping(root.get("state", {}), "state", {"path"})
@@ -194,7 +194,7 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
                          "abandoned_uploads_after", allow_zero=True)
     server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
     regions = _regions(root.get("regions"), clients)
-    policies = _policies(root.get("policies"), regions)
+    policies = _policies(root.get("policies"), regions, base)
     return Config(base / state_path, regions, policies, concurrency,
                   _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
 
@@ -307,7 +307,7 @@ def _cdn(value: object, field: str) -> Cdn:
     return Cdn(tuple(url.rstrip("/") for url in baseurls), purger, timeout)
 
 
-def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
+def _policies(value: object, regions: dict[str, Region], base: Path = Path(".")) -> tuple[Policy, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError("policies", "must be a non-empty list")
     policies: list[Policy] = []
@@ -337,19 +337,20 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,
                                _schedule(block.get("schedule"), f"{field}.schedule"),
-                               *_artifact_settings(block, field)))
+                               *_artifact_settings(block, field, base)))
     return tuple(policies)
 
 
-def _artifact_settings(block: dict, field: str) -> tuple[str, Filter, tuple]:
-    """A policy's ``artifacts``, ``artifact_types`` and ``require_signature.keys``."""
+def _artifact_settings(block: dict, field: str, base: Path) -> tuple[str, Filter, tuple]:
+    """A policy's ``artifacts``, ``artifact_types`` and ``require_signature.keys`` (key files
+    relative to ``base``)."""
     artifacts = block.get("artifacts", "follow")
     if artifacts not in ("follow", "tags"):
         raise ConfigError(f"{field}.artifacts", "must be follow or tags")
     keys: tuple = ()
     if "require_signature" in block:
         gate = _mapping(block["require_signature"], f"{field}.require_signature", {"keys"})
-        keys = load_keys(gate.get("keys"), f"{field}.require_signature.keys")
+        keys = load_keys(gate.get("keys"), f"{field}.require_signature.keys", base)
         if artifacts != "follow":
             raise ConfigError(f"{field}.require_signature", "needs artifacts: follow (signatures "
                                                             "travel with the images they sign)")

@@ -38,22 +38,23 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
-def load_keys(entries: object, field: str) -> tuple[PublicKey, ...]:
-    """Public keys from a non-empty list of PEM texts or paths of PEM files (relative to the
-    working directory). Raises ``ConfigError`` naming the entry that is not a usable key."""
+def load_keys(entries: object, field: str, base: Path = Path(".")) -> tuple[PublicKey, ...]:
+    """Public keys from a non-empty list of PEM texts or paths of PEM files (relative to
+    ``base``). Raises ``ConfigError`` naming the entry that is not a usable key."""
     if not isinstance(entries, list) or not entries:
         raise ConfigError(field, "must be a non-empty list of PEM public keys or PEM file paths")
-    return tuple(_load_key(entry, f"{field}[{position}]") for position, entry in enumerate(entries))
+    return tuple(_load_key(entry, f"{field}[{position}]", base)
+                 for position, entry in enumerate(entries))
 
 
-def _load_key(entry: object, field: str) -> PublicKey:
+def _load_key(entry: object, field: str, base: Path) -> PublicKey:
     if not isinstance(entry, str) or not entry.strip():
         raise ConfigError(field, "must be a PEM public key or the path of one")
     if "-----BEGIN" in entry:
         pem = entry.encode()
     else:
         try:
-            pem = Path(entry).read_bytes()
+            pem = (base / entry).read_bytes()
         except OSError:
             raise ConfigError(field, "names a file that cannot be read") from None
     try:

@@ -54,7 +54,7 @@ def new_key(kind: str = "ecdsa"):
     return ed25519.Ed25519PrivateKey.generate()
 
 
-def _sign_bytes(private_key, data: bytes) -> bytes:
+def sign_bytes(private_key, data: bytes) -> bytes:
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
     if isinstance(private_key, rsa.RSAPrivateKey):
@@ -129,7 +129,7 @@ def sign(api: Api, repository: str, digest: str, private_key, *, payload_digest:
     writes another digest into the payload (a signature that names the wrong image)."""
     host = api.url.split("://", 1)[1]
     payload = simple_signing_payload(host, repository, payload_digest or digest)
-    signature = base64.b64encode(_sign_bytes(private_key, payload)).decode()
+    signature = base64.b64encode(sign_bytes(private_key, payload)).decode()
     document = _artifact_manifest(api, repository, payload, SIMPLE_SIGNING,
                                   {SIGNATURE_ANNOTATION: signature})
     return api.manifest(repository, f"sha256-{hex_of(digest)}.sig", document)
@@ -147,7 +147,7 @@ def attach(api: Api, repository: str, digest: str, suffix: str, private_key=None
         envelope = json.dumps({"payloadType": kind.decode(),
                                "payload": base64.b64encode(statement).decode(),
                                "signatures": [{"sig": base64.b64encode(
-                                   _sign_bytes(private_key or new_key(), pae)).decode()}]}).encode()
+                                   sign_bytes(private_key or new_key(), pae)).decode()}]}).encode()
         document = _artifact_manifest(api, repository, envelope, DSSE,
                                       {"predicateType": "https://slsa.dev/provenance/v0.2"})
     else:
