@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from replicator import layout
-from replicator.artifacts import follows, standalone, wanted_tag
+from replicator.artifacts import artifact_subject, follows, standalone, wanted_tag
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.copier import BlobCopier
 from replicator.endpoints import Endpoint, endpoint_for
@@ -247,28 +247,39 @@ class DestinationPass:
                 self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
-            plan = self.held.plan(name, tag, digest, tree, current)
-            self._count_reused(plan.reused)
-            self._apply(plan)
+            moved = self._move(name, tag, digest, current, tree)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         except Exception as error:  # a defect must fail its tag, not the whole pass
             log.debug("unexpected error replicating %s:%s", name, tag, exc_info=True)
             self._failed(name, tag, digest, unexpected(error))
         else:
-            self._done(name, tag, not plan.empty, digest)
+            self._done(name, tag, moved, digest)
+
+    def _move(self, name: str, tag: str, digest: str, current: str | None,
+              tree: Mapping[str, Manifest]) -> bool:
+        """Write what the tag lacks and move it; whether anything changed. Under ``artifacts:
+        follow`` an artifact tag goes through the follower, which makes it once per pass."""
+        if self.artifacts is not None and artifact_subject(tag) is not None:
+            return self.artifacts.replicate_selected(name, tag, digest, current, tree)
+        return not self._write(name, tag, digest, tree, current).empty
+
+    def _write(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
+               current: str | None) -> TagPlan:
+        plan = self.held.plan(name, tag, digest, tree, current)
+        self._count_reused(plan.reused)
+        self._apply(plan)
+        return plan
 
     def _replicate_artifact(self, name: str, image_tag: str, artifact: Artifact) -> bool:
         """One artifact of ``name:image_tag``, as a tag of its own; whether anything changed."""
         if artifact.digest == artifact.current and not self.options.audit:
             self._complete_tag(name, artifact.tag, artifact.digest)
             return False
-        plan = self.held.plan(name, artifact.tag, artifact.digest, artifact.tree, artifact.current)
+        plan = self._write(name, artifact.tag, artifact.digest, artifact.tree, artifact.current)
         if self.options.dry_run and not plan.empty:
             self.report.plan_artifact(f"{name}:{artifact.tag} -> {artifact.digest} "
                                       f"(of {name}:{image_tag})")
-        self._count_reused(plan.reused)
-        self._apply(plan)
         return not plan.empty
 
     def _fields(self, name: str, tag: str, digest: str) -> dict:

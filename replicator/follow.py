@@ -66,7 +66,7 @@ class ArtifactFollower:
         self.tags = ArtifactTags(source.snapshot.tags)
         self._lock = threading.Lock()
         self._tag_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._outcomes: dict[tuple[str, str], Exception | None] = {}
+        self._outcomes: dict[tuple[str, str], bool | Exception] = {}
         self._deep: dict[str, bool] = {}
 
     def follow(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest] | None) -> None:
@@ -78,6 +78,13 @@ class ArtifactFollower:
         self._walk(name, set(tree) if tree is not None else {digest}, 1, set(), found)
         for artifact in found:
             self._once(name, tag, artifact)
+
+    def replicate_selected(self, name: str, tag: str, digest: str, current: str | None,
+                           tree: Mapping[str, Manifest]) -> bool:
+        """Replicate an artifact tag the policy selects on its own (after :meth:`follow`), once
+        per pass however many images it also belongs to; whether the pass changed anything for
+        it. Raises ``ArtifactFailed``."""
+        return self._once(name, tag, Artifact(tag, digest, current, tree))
 
     def _walk(self, name: str, subjects: set[str], depth: int, seen: set[str],
               found: list[Artifact]) -> None:
@@ -119,25 +126,28 @@ class ArtifactFollower:
             raise ArtifactFailed(f"{name}:{tag}: manifests to search for artifacts cannot be "
                                  f"read: {error}", error) from None
 
-    def _once(self, name: str, image_tag: str, artifact: Artifact) -> None:
+    def _once(self, name: str, image_tag: str, artifact: Artifact) -> bool:
+        """Replicate the artifact unless this pass did already; whether that changed anything.
+        Raises ``ArtifactFailed`` (again for every later call) if it failed."""
         key = (name, artifact.tag)
         with self._lock:
             lock = self._tag_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._outcomes:
                 self._outcomes[key] = self._replicate(name, image_tag, artifact)
-            error = self._outcomes[key]
-        if error is not None:
+            outcome = self._outcomes[key]
+        if isinstance(outcome, Exception):
             raise ArtifactFailed(f"artifact {name}:{artifact.tag} ({artifact.digest}) failed: "
-                                 f"{error}", error)
+                                 f"{outcome}", outcome)
+        return outcome
 
-    def _replicate(self, name: str, image_tag: str, artifact: Artifact) -> Exception | None:
+    def _replicate(self, name: str, image_tag: str, artifact: Artifact) -> bool | Exception:
         try:
             changed = self.replicate(name, image_tag, artifact)
         except TAG_ERRORS as error:
             return error
         self.report.count("artifacts_replicated" if changed else "artifacts_unchanged")
-        return None
+        return changed
 
     def _searching(self, name: str) -> bool:
         """Whether repository ``name`` holds an artifact tag the destination lacks whose
