@@ -133,8 +133,10 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
         lines.append(
             f"{report.policy}: {report.source} -> {report.destination}: "
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
-            f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
-            f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
+            f"{report.tags_deleted} deleted, {report.tags_failed} failed"
+            + (f", {report.artifacts_replicated} artifacts replicated ahead of their images"
+               if report.artifacts_replicated else "") + "; "
+            + f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
             f"({human_size(report.bytes_copied)}"
             + (f"; {report.server_side_copies} blobs of {human_size(report.server_side_bytes)} "
                f"copied server-side ({report.server_side_verified} verified, "
