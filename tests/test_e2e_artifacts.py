@@ -90,7 +90,8 @@ def world(tmp_path_factory):
         source_artifacts = artifact_tags(api)
         regions = {"primary": {"storage": primary},
                    "local": {"storage": reg.filesystem_storage(tmp / "local")},
-                   "plain": {"storage": reg.filesystem_storage(tmp / "plain")}}
+                   "plain": {"storage": reg.filesystem_storage(tmp / "plain")},
+                   "typed": {"storage": reg.filesystem_storage(tmp / "typed")}}
         services.append(reg.start_registry(reg.filesystem_storage(tmp / "c"), tmp / "logs"))
         regions["c"] = {"registry": {"url": services[-1].url}}
         tags = {"include": ["v*"]}
@@ -102,8 +103,12 @@ def world(tmp_path_factory):
             "state": {"path": str(tmp / "tags.db")}, "concurrency": 2, "regions": regions,
             "policies": [{"name": "tags", "source": "primary", "destinations": ["plain"],
                           "tags": tags, "artifacts": "tags"}]})
+        typed = write_config(tmp / "typed.yml", {
+            "state": {"path": str(tmp / "typed.db")}, "regions": regions,
+            "policies": [{"name": "typed", "source": "primary", "destinations": ["typed"],
+                          "tags": tags, "artifact_types": {"exclude": [sc.SPDX]}}]})
         planned = sync(follow, "--dry-run")
-        first = {"follow": sync(follow), "tags": sync(by_tags)}
+        first = {"follow": sync(follow), "tags": sync(by_tags), "typed": sync(typed)}
         second = {"follow": sync(follow), "tags": sync(by_tags)}
         third = {"follow": sync(follow), "tags": sync(by_tags)}
         verified = subprocess.run([sys.executable, "-m", "replicator", "verify", "--config",
@@ -111,12 +116,14 @@ def world(tmp_path_factory):
                                   cwd=REPO_ROOT, timeout=300, check=False)
         services.append(reg.start_registry(regions["local"]["storage"], tmp / "logs"))
         services.append(reg.start_registry(regions["plain"]["storage"], tmp / "logs"))
+        services.append(reg.start_registry(regions["typed"]["storage"], tmp / "logs"))
         yield {"tmp": tmp, "source": source_artifacts, "followed": followed,
                "referrers": referrers, "dev": {f"{fallback(DEV.digest)}.sig", fallback(DEV.digest)},
                "dev_referrer": dev_referrer, "planned": planned, "first": first,
                "second": second, "third": third, "verified": verified, "b": sc.Api(services[2].url),
                "c": sc.Api(services[1].url), "plain": sc.Api(services[3].url),
-               "follow": follow}
+               "typed": sc.Api(services[4].url), "sboms": {
+                   fallback(V1.digest), fallback(V2.children[1].digest), f"{fallback(sbom)}.sig"}}
     finally:
         api.close()
         for service in services:
@@ -171,6 +178,17 @@ def test_artifacts_tags_keeps_the_old_behaviour(world):
     assert code == 0
     assert passes(document)["plain"]["artifacts_replicated"] == 0
     assert world["plain"].tags(REPO) == ["v1", "v2"]
+
+
+def test_artifact_types_leave_out_referrers_of_an_excluded_type(world):
+    """Both referrers indexes list SPDX documents: left out whole, and with them the signature
+    of the SBOM referrer (reached only through its index)."""
+    code, document = world["first"]["typed"]
+    assert code == 0
+    assert passes(document)["typed"]["artifacts_replicated"] == 9 - 3
+    assert set(world["typed"].tags(REPO)) == {"v1", "v2"} | (world["followed"] - world["sboms"])
+    for referrer in world["referrers"]:
+        assert world["typed"].get(REPO, referrer).status_code == 404
 
 
 def test_no_change_pass_costs_nothing_for_artifacts(world):
