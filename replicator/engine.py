@@ -7,7 +7,10 @@ destination plan what it lacks, copies missing blobs and manifests (each digest 
 destination per pass, hashed while it streams, or server-side), and makes the plan's steps
 bottom-up with the tag's move after everything a pull needs. Every step that changes the
 destination passes one gate (:mod:`replicator.gate`), which a dry run closes. The engine knows
-registry concepts only: how an endpoint stores them is the endpoint's.
+registry concepts only: how an endpoint stores them is the endpoint's. Under ``artifacts:
+follow`` a tag's artifacts (signatures, attestations, SBOMs, referrers) are made first
+(:mod:`replicator.follow`); under ``require_signature`` a new digest must be signed
+(:mod:`replicator.signatures`).
 
 A tag fails alone: its error is recorded in the pass report and the state store, and the
 pass goes on. At the end, the tags still out of sync become the destination's pending set.
@@ -319,8 +322,10 @@ class DestinationPass:
     def _signed_since(self, name: str, digest: str, moment: float) -> bool:
         """Whether a signature of ``digest`` appeared (or moved) at the source after ``moment``:
         a tag held back for want of one is retried at once."""
+        if not self.policy.signature_keys:
+            return False
         entry = self.source.snapshot.tags.get((name, signature_tag(digest)))
-        return bool(self.policy.signature_keys) and entry is not None and entry.mtime > moment
+        return entry is not None and entry.mtime > moment
 
     def _complete_tag(self, name: str, tag: str, digest: str) -> None:
         """Make the step a tag already at the right digest still lacks (a pass stopped between
