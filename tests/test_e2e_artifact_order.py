@@ -121,7 +121,10 @@ def ordering(tmp_path_factory):
                 reader.stop.set()
                 reader.thread.join(timeout=60)
                 reader.poll()
-        yield {"first": first, "second": second, "readers": readers, "expected": expected}
+            unchanged = sync(config)
+            listed = api.tags(REPO)
+        yield {"first": first, "second": second, "readers": readers, "expected": expected,
+               "unchanged": unchanged, "listed": listed}
     finally:
         api.close()
         for service in services:
@@ -145,6 +148,20 @@ def test_reader_never_sees_an_image_before_its_artifacts(ordering, reader):
     assert ("v1", OLD.digest) in seen and ("v3", None) in seen       # before the moves
     assert seen[-2:] == [("v1", NEW.digest), ("v3", THIRD.digest)]   # after them
     assert len(seen) > 20
+
+
+def test_no_change_pass_from_a_registry_source_heads_each_tag_once(ordering):
+    """A registry source costs its tag list and one manifest HEAD per tag it lists, artifact
+    tags included; the registry destination one HEAD per tag, artifact tags included."""
+    code, document = ordering["unchanged"]
+    assert code == 0
+    listed = ordering["listed"]
+    assert len(listed) == 9 and sum(tag.startswith("sha256-") for tag in listed) == 7
+    sent = {region: {kind: n for kind, n in counts.items() if n}
+            for region, counts in document["requests"].items()}
+    assert sent["api-a"] == {"list": 1, "head": len(listed)}
+    assert sent["c"] == {"head": len(listed)}
+    assert sent["local"] == {"list": 1}
 
 
 @pytest.fixture(scope="module")
