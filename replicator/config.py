@@ -23,6 +23,7 @@ from drivers.base import RequestCounter, StorageDriver, check_prefix
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError, InvalidKey
 from replicator import flavours
+from replicator.signatures import load_keys
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
@@ -118,6 +119,14 @@ class Policy:
 
     def destination_settings(self, destination: str) -> DestinationSettings:
         return dict(self.settings).get(destination, DestinationSettings())
+    artifacts: str = "follow"
+    """``follow``: artifacts (signatures, attestations, SBOMs, referrers) travel with their
+    image whatever the tag filter says; ``tags``: artifact tags are tags like any other."""
+    artifact_types: Filter = Filter()
+    """Which artifacts are followed, by artifact type (``artifactType``, else config media type)."""
+    signature_keys: tuple = ()
+    """``require_signature.keys``: when set, only digests with a cosign signature verifying
+    against one of them are replicated."""
 
 
 @dataclass(frozen=True)
@@ -251,8 +260,8 @@ def expand(value: object, field: str) -> object:
 
 
 def parse(document: object, base: Path = Path("."), clients: bool = True) -> Config:
-    """Validate an expanded document. Relative state paths are taken from ``base``; without
-    ``clients``, regions get none (see :func:`load`)."""
+    """Validate an expanded document. Relative state and key file paths are taken from
+    ``base``; without ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
                                    "audit_interval", "server_side_copy", "abandoned_uploads_after",
                                    "audit"})
@@ -264,7 +273,7 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
                          "abandoned_uploads_after", allow_zero=True)
     server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
     regions = _regions(root.get("regions"), clients)
-    policies = _policies(root.get("policies"), regions)
+    policies = _policies(root.get("policies"), regions, base)
     audit_log = _audit_log(root["audit"], base, root["regions"]) if "audit" in root else None
     return Config(base / state_path, regions, policies, concurrency,
                   _server(root.get("server", {})), audit_interval, server_side_copy, abandoned,
@@ -401,7 +410,7 @@ def _cdn(value: object, field: str) -> Cdn:
     return Cdn(tuple(url.rstrip("/") for url in baseurls), purger, timeout)
 
 
-def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
+def _policies(value: object, regions: dict[str, Region], base: Path = Path(".")) -> tuple[Policy, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError("policies", "must be a non-empty list")
     policies: list[Policy] = []
@@ -409,7 +418,8 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
         field = f"policies[{index}]"
         block = _mapping(item, field, {"name", "source", "destinations", "repositories", "tags",
                                        "delete", "schedule", "priority", "order", "keep_latest",
-                                       "strict_windows", "delete_delay", "max_delete"})
+                                       "strict_windows", "delete_delay", "max_delete", "artifacts",
+                                       "artifact_types", "require_signature"})
         name = _string(block.get("name"), f"{field}.name")
         if any(policy.name == name for policy in policies):
             raise ConfigError(f"{field}.name", f"duplicate policy name {name!r}")
@@ -432,7 +442,7 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
                                _filter(block.get("repositories"), f"{field}.repositories"),
                                _filter(block.get("tags"), f"{field}.tags"), delete,
                                _schedule(block.get("schedule"), f"{field}.schedule"),
-                               **_pacing(block, field),
+                               **_pacing(block, field), **_artifact_settings(block, field, base),
                                settings=tuple(entry for entry in entries if entry[1] is not None)))
     return tuple(policies)
 
@@ -515,6 +525,23 @@ def _window(value: object, field: str) -> Window:
         raise ConfigError(f"{field}.timezone",
                           "is not a known time zone, such as Asia/Kolkata") from None
     return Window(frozenset(DAYS.index(day) for day in days), start, end, zone)
+
+
+def _artifact_settings(block: dict, field: str, base: Path) -> dict:
+    """A policy's ``artifacts``, ``artifact_types`` and ``require_signature.keys`` (key files
+    relative to ``base``)."""
+    artifacts = block.get("artifacts", "follow")
+    if artifacts not in ("follow", "tags"):
+        raise ConfigError(f"{field}.artifacts", "must be follow or tags")
+    keys: tuple = ()
+    if "require_signature" in block:
+        gate = _mapping(block["require_signature"], f"{field}.require_signature", {"keys"})
+        keys = load_keys(gate.get("keys"), f"{field}.require_signature.keys", base)
+        if artifacts != "follow":
+            raise ConfigError(f"{field}.require_signature", "needs artifacts: follow (signatures "
+                                                            "travel with the images they sign)")
+    return {"artifacts": artifacts, "signature_keys": keys,
+            "artifact_types": _filter(block.get("artifact_types"), f"{field}.artifact_types")}
 
 
 def _filter(value: object, field: str) -> Filter:

@@ -7,7 +7,10 @@ destination plan what it lacks, copies missing blobs and manifests (each digest 
 destination per pass, hashed while it streams, or server-side), and makes the plan's steps
 bottom-up with the tag's move after everything a pull needs. Every step that changes the
 destination passes one gate (:mod:`replicator.gate`), which a dry run closes. The engine knows
-registry concepts only: how an endpoint stores them is the endpoint's.
+registry concepts only: how an endpoint stores them is the endpoint's. Under ``artifacts:
+follow`` a tag's artifacts (signatures, attestations, SBOMs, referrers) are made first
+(:mod:`replicator.follow`); under ``require_signature`` a new digest must be signed
+(:mod:`replicator.signatures`).
 
 A tag fails alone: its error is recorded in the pass report and the state store, and the
 pass goes on. At the end, the tags still out of sync become the destination's pending set.
@@ -19,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from drivers.backoff import Backoff
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from replicator import layout
+from replicator.artifacts import artifact_subject, follows, standalone, wanted_tag
 from replicator.audit import Change
 from replicator.config import DEFAULT_ABANDONED_UPLOADS, Config, Policy, Region
 from replicator.budget import EgressBudget
@@ -38,6 +42,7 @@ from replicator.endpoints.base import Selection, Snapshot
 from replicator.errors import TAG_ERRORS, BudgetExhausted, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
+from replicator.follow import Artifact, ArtifactFollower
 from replicator.gate import Gate
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
@@ -52,6 +57,7 @@ from replicator.report import PassReport
 from replicator.sharding import Shard
 from replicator.throttle import TokenBucket
 from replicator.windows import windows_open
+from replicator.signatures import require_signature, signature_tag
 from state.store import PassRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -175,6 +181,9 @@ class DestinationPass:
         self.in_sync: set[tuple[str, str]] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
+        self.artifacts = ArtifactFollower(policy, source, self._destination_digest,
+                                          self._replicate_artifact, self.report,
+                                          options.audit) if follows(policy) else None
 
     def run(self) -> PassReport:
         started = time.time()
@@ -255,14 +264,16 @@ class DestinationPass:
             if self._deferred(name, tag, digest):
                 return
             current = self._destination_digest(name, tag)
-            if digest == current and not self.options.audit:
+            changed = digest != current or self.options.audit
+            tree = self.source.manifest_tree(name, digest) if changed else None
+            if changed and self.policy.signature_keys:
+                require_signature(self.source, name, digest, self.policy.signature_keys)
+            came = self.artifacts.follow(name, tag, digest, tree) if self.artifacts is not None else ()
+            if not changed:
                 self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
-            tree = self.source.manifest_tree(name, digest)
-            plan = self.held.plan(name, tag, digest, tree, current)
-            self._count_reused(plan.reused)
-            self._apply(plan, current)
+            moved = self._move(name, tag, digest, current, tree, came)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         except BudgetExhausted as error:   # waits, pending, for the next period: no back-off
@@ -271,7 +282,33 @@ class DestinationPass:
             log.debug("unexpected error replicating %s:%s", name, tag, exc_info=True)
             self._failed(name, tag, digest, unexpected(error))
         else:
-            self._done(name, tag, not plan.empty, digest)
+            self._done(name, tag, moved, digest)
+
+    def _move(self, name: str, tag: str, digest: str, current: str | None,
+              tree: Mapping[str, Manifest], artifacts: tuple[str, ...] = ()) -> bool:
+        """Write what the tag lacks and move it; whether anything changed. Under ``artifacts:
+        follow`` an artifact tag goes through the follower, which makes it once per pass."""
+        if self.artifacts is not None and artifact_subject(tag) is not None:
+            return self.artifacts.replicate_selected(name, tag, digest, current, tree)
+        return not self._write(name, tag, digest, tree, current, artifacts).empty
+
+    def _write(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
+               current: str | None, artifacts: tuple[str, ...] = ()) -> TagPlan:
+        plan = self.held.plan(name, tag, digest, tree, current)
+        self._count_reused(plan.reused)
+        self._apply(plan, current, artifacts)
+        return plan
+
+    def _replicate_artifact(self, name: str, image_tag: str, artifact: Artifact) -> bool:
+        """One artifact of ``name:image_tag``, as a tag of its own; whether anything changed."""
+        if artifact.digest == artifact.current and not self.options.audit:
+            self._complete_tag(name, artifact.tag, artifact.digest)
+            return False
+        plan = self._write(name, artifact.tag, artifact.digest, artifact.tree, artifact.current)
+        if self.options.dry_run and not plan.empty:
+            self.report.plan_artifact(f"{name}:{artifact.tag} -> {artifact.digest} "
+                                      f"(of {name}:{image_tag})")
+        return not plan.empty
 
     def _fields(self, name: str, tag: str, digest: str) -> dict:
         return {"policy": self.policy.name, "source": self.policy.source,
@@ -293,17 +330,27 @@ class DestinationPass:
         self.report.fail(name, tag, str(error), error_kind(error))
         if not self.options.dry_run:
             self.state.record_failure(self.policy.name, self.destination_name, name, tag, digest,
-                                      str(error), self.options.backoff or RETRY_BACKOFF)
+                                      str(error), self.options.backoff or RETRY_BACKOFF,
+                                      kind=error_kind(error))
 
     def _deferred(self, name: str, tag: str, digest: str) -> bool:
         failure = self.failing.get((name, tag))
         if (self.options.backoff is None or failure is None or failure.digest != digest
-                or failure.next_retry <= time.time()):
+                or failure.next_retry <= time.time()
+                or self._signed_since(name, digest, failure.last_failed)):
             return False
         self.report.fail(name, tag, f"retry deferred until {_timestamp(failure.next_retry)} after "
                                     f"{failure.attempts} attempts; last error: {failure.error}",
                          "deferred")
         return True
+
+    def _signed_since(self, name: str, digest: str, moment: float) -> bool:
+        """Whether a signature of ``digest`` appeared (or moved) at the source after ``moment``:
+        a tag held back for want of one is retried at once."""
+        if not self.policy.signature_keys:
+            return False
+        entry = self.source.snapshot.tags.get((name, signature_tag(digest)))
+        return entry is not None and entry.mtime > moment
 
     def _complete_tag(self, name: str, tag: str, digest: str) -> None:
         """Make the step a tag already at the right digest still lacks (a pass stopped between
@@ -324,7 +371,10 @@ class DestinationPass:
             self._reused |= fresh
         self.report.count("blobs_present", len(fresh))
 
-    def _apply(self, plan: TagPlan, current: str | None = None) -> None:
+    def _apply(self, plan: TagPlan, current: str | None = None,
+               artifacts: tuple[str, ...] = ()) -> None:
+        """Copy what ``plan`` needs and make its steps; ``current`` (the tag's digest there
+        before) and ``artifacts`` (the digests of those that came with it) go to the audit."""
         copies = self.copier.ensure_blobs(plan.name, plan.blobs)
         copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
         copied = sum(copy.result() or 0 for copy in copies)
@@ -340,20 +390,21 @@ class DestinationPass:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
                 self.state.record_made_tag(self.destination_name, plan.name, plan.tag, plan.digest)
                 self._record_replication(plan.name, plan.tag, plan.digest)
-                self._changed(plan.name, plan.tag, current, plan.digest, copied)
+                self._changed(plan.name, plan.tag, current, plan.digest, copied, artifacts)
 
     def _changed(self, name: str, tag: str, old: str | None, new: str | None,
-                 copied: int = 0) -> None:
+                 copied: int = 0, artifacts: tuple[str, ...] = ()) -> None:
         if self.options.on_change is not None:
             action = "delete" if new is None else "move" if old else "create"
             self.options.on_change(Change(self.policy.name, self.policy.source,
                                           self.destination_name, name, tag, action, old, new,
-                                          copied, self.report.pass_id))
+                                          copied, self.report.pass_id, artifacts))
 
     def _record_replication(self, name: str, tag: str, digest: str) -> None:
         """The move's times, for the status API and the replication-delay histogram: the
         change counts from the earliest the source's listing or a push event showed it."""
-        changed = min(self.source_tags[(name, tag)].mtime,
+        listed = self.source.snapshot.tags.get((name, tag))
+        changed = min(listed.mtime if listed is not None else time.time(),
                       self.pending_since.get((name, tag), float("inf")))
         self.state.record_replication(self.policy.name, self.destination_name, name, tag, digest,
                                       changed, time.time(), self.region.cdn is not None)
@@ -445,12 +496,13 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     try:
         snapshot = source_endpoint.snapshot(repository, state, options.audit, Selection(
             lambda name: selected(policy.repositories, name) and options.shard.owns(name),
-            lambda name, tag: policy_selects(policy, name, tag)))
+            lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag)))
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in destinations]
     tags = start_order(policy, {key: info for key, info in snapshot.tags.items()
-                                if policy_selects(policy, *key) and options.shard.owns(key[0])})
+                                if policy_selects(policy, *key) and standalone(policy, key[1])
+                                and options.shard.owns(key[0])})
     source = SourceReader(source_endpoint, snapshot, started)
     reports = []
     for name in destinations:

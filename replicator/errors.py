@@ -11,7 +11,12 @@ stable kind for reports and metrics (:func:`error_kind`)::
     │                               streaming first)
     └── (others)                    "storage"
     ReplicationError                "source_content": the source's content is missing or
-                                    corrupt; nothing was made visible for the tag
+    │                               corrupt; nothing was made visible for the tag
+    ├── Unsigned                    "unsigned": the policy requires a signature the source
+    │                               does not hold for the digest (or that fails to verify);
+    │                               held back, retried once a signature appears
+    └── ArtifactFailed              the kind of its ``cause``: an artifact of the image
+                                    failed, so the image's tag was not moved
     ManifestError                   "manifest": a manifest that cannot be replicated
     LayoutError                     "layout": a name, tag, digest or link breaking the grammar
     BudgetExhausted                 "budget": the destination's egress budget is spent for
@@ -37,15 +42,29 @@ class BudgetExhausted(Exception):
     """A copy was not started: the destination's egress budget for the period is spent."""
 
 
+class Unsigned(ReplicationError):
+    """The source holds no signature for the digest that verifies against the policy's keys."""
+
+
+class ArtifactFailed(ReplicationError):
+    """An artifact (named in the message) of the tag's image could not be replicated."""
+
+    def __init__(self, message: str, cause: Exception):
+        super().__init__(message)
+        self.cause = cause
+
+
 TAG_ERRORS = (ReplicationError, StorageError, ManifestError, LayoutError)
 
 _KINDS = ((TransientError, "storage_transient"), (AccessDenied, "storage_access"),
-          (StorageError, "storage"), (ReplicationError, "source_content"),
+          (StorageError, "storage"), (Unsigned, "unsigned"), (ReplicationError, "source_content"),
           (ManifestError, "manifest"), (LayoutError, "layout"), (BudgetExhausted, "budget"))
 
 
 def error_kind(error: BaseException) -> str:
     """The kind of ``error`` (see the module docstring)."""
+    if isinstance(error, ArtifactFailed):
+        return error_kind(error.cause)
     return next((kind for cls, kind in _KINDS if isinstance(error, cls)), "internal")
 
 

@@ -39,6 +39,11 @@ class Descriptor:
     size: int
     media_type: str = ""
     urls: tuple[str, ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    """The descriptor's ``annotations`` as sorted (key, value) pairs."""
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class Manifest:
     data: bytes
     blobs: tuple[Descriptor, ...] = ()
     children: tuple[Descriptor, ...] = ()
+    subject: str | None = None
+    """The digest in the manifest's ``subject`` (OCI 1.1: the manifest it is an artifact of)."""
+    artifact_type: str = ""
+    """``artifactType``, else (an image manifest) its config's media type, as the OCI
+    distribution spec reports an artifact's type; ``""`` for an index without one."""
 
 
 def digest_of(data: bytes) -> str:
@@ -89,11 +99,13 @@ def _parse(document: dict, data: bytes, digest: str) -> Manifest:
     media_type = _media_type(document, digest)
     if media_type in INDEX_TYPES:
         children = tuple(_descriptor(entry) for entry in _list(document, "manifests"))
-        return Manifest(digest, media_type, data, children=children)
+        return Manifest(digest, media_type, data, children=children,
+                        subject=_subject(document), artifact_type=_artifact_type(document, ""))
     if media_type in IMAGE_TYPES:
         blobs = (_descriptor(document["config"]),
                  *(_descriptor(entry) for entry in _list(document, "layers")))
-        return Manifest(digest, media_type, data, blobs=blobs)
+        return Manifest(digest, media_type, data, blobs=blobs, subject=_subject(document),
+                        artifact_type=_artifact_type(document, blobs[0].media_type))
     layers = {check_digest(layer["blobSum"]) for layer in _list(document, "fsLayers")}
     blobs = tuple(Descriptor(layer, -1) for layer in sorted(layers))
     return Manifest(digest, media_type, data, blobs=blobs)
@@ -113,6 +125,16 @@ def _media_type(document: dict, digest: str) -> str:
     return media_type
 
 
+def _subject(document: dict) -> str | None:
+    subject = document.get("subject")
+    return None if subject is None else _descriptor(subject).digest
+
+
+def _artifact_type(document: dict, config_media_type: str) -> str:
+    artifact_type = document.get("artifactType")
+    return artifact_type if isinstance(artifact_type, str) and artifact_type else config_media_type
+
+
 def _list(document: dict, field: str) -> list:
     value = document.get(field, [])
     if not isinstance(value, list):
@@ -129,4 +151,8 @@ def _descriptor(entry: object) -> Descriptor:
     urls = entry.get("urls") or ()
     if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
         raise ManifestError(f"descriptor {entry.get('digest')!r} has invalid urls")
-    return Descriptor(check_digest(entry["digest"]), size, str(entry.get("mediaType", "")), tuple(urls))
+    annotations = entry.get("annotations")
+    annotations = {key: value for key, value in annotations.items() if isinstance(value, str)} \
+        if isinstance(annotations, dict) else {}
+    return Descriptor(check_digest(entry["digest"]), size, str(entry.get("mediaType", "")),
+                      tuple(urls), tuple(sorted(annotations.items())))

@@ -10,7 +10,7 @@ COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
             "server_side_copies", "server_side_verified", "server_side_trusted", "server_side_bytes",
             "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out",
-            "bandwidth_waits")
+            "bandwidth_waits", "artifacts_replicated", "artifacts_unchanged", "artifacts_left_out")
 """``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
 destination's storage copied from the source's itself (``server_side_verified`` of them with
 the SHA-256 proven by the provider, ``server_side_trusted`` checked by size only); ``bytes_copied`` counts only the bytes
@@ -18,7 +18,9 @@ that streamed through the replicator (blobs and manifests), ``server_side_bytes`
 ``purges_retrying`` counts URLs not accepted yet but worth retrying, ``purges_failed`` those
 refused for good, ``purges_timed_out`` those still retrying when the run's ``cdn.timeout`` ran
 out (the last two make the pass fail). ``bandwidth_waits`` counts the streamed chunks that
-waited for the destination's ``bandwidth`` limit."""
+waited for the destination's ``bandwidth`` limit. ``artifacts_*`` count artifact tags
+replicated ahead of their image (once per pass each), found already there, and left out past
+the bound on how many one image may have."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class PassReport:
     """Set when the pass could not run at all (a region could not be listed)."""
     error_kind: str | None = None
     planned: list[str] = field(default_factory=list)
+    artifacts_replicated: int = 0
+    artifacts_unchanged: int = 0
+    artifacts_left_out: int = 0
+    planned_artifacts: list[str] = field(default_factory=list)
+    """In a dry run, each artifact tag that would be replicated ahead of its image."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     pass_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Unique to this pass into this destination (the audit trail's ``pass_id``)."""
@@ -84,6 +91,10 @@ class PassReport:
         with self._lock:
             self.planned.append(action)
 
+    def plan_artifact(self, artifact: str) -> None:
+        with self._lock:
+            self.planned_artifacts.append(artifact)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {counter: getattr(self, counter) for counter in COUNTERS}
@@ -96,6 +107,7 @@ class PassReport:
         result["error"] = self.error
         if dry_run:
             result["planned"] = self.planned
+            result["planned_artifacts"] = self.planned_artifacts
         return result
 
 
@@ -126,8 +138,10 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
         lines.append(
             f"{report.policy}: {report.source} -> {report.destination}: "
             f"{report.tags_replicated} tags replicated, {report.tags_unchanged} unchanged, "
-            f"{report.tags_deleted} deleted, {report.tags_failed} failed; "
-            f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
+            f"{report.tags_deleted} deleted, {report.tags_failed} failed"
+            + (f", {report.artifacts_replicated} artifacts replicated ahead of their images"
+               if report.artifacts_replicated else "") + "; "
+            + f"{report.blobs_copied} blobs and {report.manifests_copied} manifests copied "
             f"({human_size(report.bytes_copied)}"
             + (f"; {report.server_side_copies} blobs of {human_size(report.server_side_bytes)} "
                f"copied server-side ({report.server_side_verified} verified, "
@@ -138,6 +152,7 @@ def run_text(reports: list[PassReport], duration: float, dry_run: bool) -> str:
                or report.purges_failed else "")
             + (f" ({report.purges_timed_out} timed out, still queued)" if report.purges_timed_out else ""))
         lines.extend(f"  would {action}" for action in report.planned)
+        lines.extend(f"  would replicate artifact {artifact}" for artifact in report.planned_artifacts)
         lines.extend(f"  FAILED {f.repository}:{f.tag}: {f.error}"
                      for f in sorted(report.failures, key=lambda f: (f.repository, f.tag)))
     verb = "planned (dry run)" if dry_run else "done"

@@ -34,6 +34,7 @@ from replicator.endpoints import endpoint_for
 from replicator.config import Config, Policy
 from replicator.debounce import Debouncer
 from replicator.engine import RETRY_BACKOFF, RunOptions, run_policy
+from replicator.artifacts import wanted_tag
 from replicator.filters import policy_selects, selected
 from replicator.metrics import Metrics
 from replicator.notifications import TRIGGERS, Event
@@ -179,7 +180,8 @@ class Service:
             for policy in self.config.policies:
                 if policy.source != region or not selected(policy.repositories, event.repository):
                     continue
-                if event.tag and not policy_selects(policy, event.repository, event.tag):
+                if event.tag and not (policy_selects(policy, event.repository, event.tag)
+                                      or wanted_tag(policy, event.tag)):
                     continue
                 for destination in policy.destinations:
                     self.state.add_pending(policy.name, destination, event.repository, event.tag,

@@ -44,7 +44,7 @@ class DestinationStatus:
             "egress_budget": self.budget.as_dict() if self.budget else None,
             "failures": [{"repository": f.repository, "tag": f.tag, "digest": f.digest,
                           "attempts": f.attempts, "error": f.error, "first_failed": f.first_failed,
-                          "next_retry": f.next_retry} for f in self.failing],
+                          "next_retry": f.next_retry, "kind": f.kind} for f in self.failing],
         }
 
 
@@ -88,7 +88,8 @@ def status_text(statuses: list[DestinationStatus]) -> str:
                          f"used until {when_text(budget.period_ends)}; {budget.waiting_tags} tags "
                          f"waiting for it (pending, reason budget)")
         lines.extend(f"  FAILING {f.repository}:{f.tag} ({f.attempts} attempts, next retry "
-                     f"{when_text(f.next_retry)}): {f.error}" for f in status.failing)
+                     f"{when_text(f.next_retry)}): {f.kind + ': ' if f.kind else ''}{f.error}"
+                     for f in status.failing)
     return "\n".join(lines)
 
 

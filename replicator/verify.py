@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from drivers.base import UNKNOWN_SIZE, ObjectTooLarge
 from drivers.errors import NotFound
 from replicator import layout
-from replicator.config import Config, Policy
+from replicator.artifacts import (MAX_ARTIFACTS, MAX_DEPTH, ArtifactTags, artifact_types,
+                                  follows, types_selected, wanted_tag)
+from replicator.config import Config, Filter, Policy
 from replicator.endpoints import Destination, Endpoint, endpoint_for
-from replicator.endpoints.base import DestinationSnapshot, Selection
+from replicator.endpoints.base import DestinationSnapshot, Selection, Snapshot
+from replicator.engine import SourceReader
+from replicator.errors import TAG_ERRORS
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
 from replicator.manifests import MAX_MANIFEST_SIZE, Manifest, ManifestError, parse_manifest
@@ -30,7 +34,10 @@ class Drift:
 
     ``kind`` is one of ``missing-tag``, ``tag-mismatch``, ``bad-link``, ``missing-manifest``,
     ``bad-manifest``, ``missing-link``, ``missing-blob``, ``wrong-size``, ``wrong-digest``, and
-    ``missing-tag-index`` (the tag's index link: pulls still work, its history is incomplete).
+    ``missing-tag-index`` (the tag's index link: pulls still work, its history is incomplete),
+    and ``missing-artifact`` (an artifact tag of the image at the source, such as its signature,
+    absent or at another digest at the destination; the artifact's own content is checked
+    under its tag).
     """
 
     repository: str
@@ -52,15 +59,22 @@ class VerifyResult:
 
 
 def verify(source: Endpoint, destination: Destination, tags: list[tuple[str, str]],
-           deep: bool = False) -> VerifyResult:
-    """Verify ``tags`` (repository, tag) of ``source`` at ``destination``.
+           deep: bool = False, listing: Snapshot | None = None,
+           artifact_filter: Filter = Filter()) -> VerifyResult:
+    """Verify ``tags`` (repository, tag) of ``source`` at ``destination``; with ``listing`` (a
+    snapshot of ``source`` showing its artifact tags), also the artifacts of each tag's image
+    that ``artifact_filter`` selects by type.
 
     Raises ``StorageError`` only if a region cannot be listed or read at all.
     """
     held = destination.destination_snapshot(None, None, audit=True)
     checker = ContentChecker(destination, held, deep)
+    reader = None if listing is None else SourceReader(source, listing, 0.0)
+    artifacts = None if listing is None else ArtifactTags(listing.tags)
     for name, tag in tags:
-        checker.check_tag(source, name, tag)
+        digest = checker.check_tag(source, name, tag)
+        if reader is not None:
+            checker.check_artifacts(reader, artifacts, artifact_filter, name, tag, digest)
     return checker.result
 
 
@@ -74,22 +88,54 @@ class ContentChecker:
         self.result = VerifyResult()
         self._blobs_seen: set[str] = set()
 
-    def check_tag(self, source: Endpoint, name: str, tag: str) -> None:
+    def check_tag(self, source: Endpoint, name: str, tag: str) -> str:
+        """Check the tag; the digest the source gives it."""
         self.result.tags_checked += 1
         expected = source.tag_read(name, tag)
         try:
             actual = self.held.tag_digest(name, tag)
         except (NotFound, layout.LayoutError) as error:
             self._drift(name, tag, "bad-link", str(error))
-            return
+            return expected
         if actual is None:
             self._drift(name, tag, "missing-tag", f"source has {expected}")
-            return
+            return expected
         if actual != expected:
             self._drift(name, tag, "tag-mismatch", f"source {expected}, destination {actual}")
         for kind, detail in self.held.missing_history(name, tag, actual):
             self._drift(name, tag, kind, detail)
         self.check_manifest(name, tag, actual)
+        return expected
+
+    def check_artifacts(self, source: SourceReader, artifacts: ArtifactTags,
+                        artifact_filter: Filter, name: str, tag: str, digest: str) -> None:
+        """Every artifact tag of the image at ``digest`` (and of the manifests below it, and of
+        those artifacts, to ``MAX_DEPTH``) is at the destination with the source's digest. An
+        artifact unreadable at the source is left out (its own check is the source's)."""
+        seen: set[str] = set()
+        pending = [(subject, 1) for subject in {digest, *_tree(source, name, digest)}]
+        while pending:
+            subject, depth = pending.pop()
+            for artifact in artifacts.of(name, subject):
+                if artifact in seen or len(seen) >= MAX_ARTIFACTS:
+                    continue
+                seen.add(artifact)
+                expected = source.tag_digest(name, artifact)
+                tree = _tree(source, name, expected)
+                if not tree or not types_selected(artifact_filter, artifact_types(expected, tree)):
+                    continue
+                try:
+                    actual = self.held.tag_digest(name, artifact)
+                except (NotFound, layout.LayoutError):
+                    actual = None
+                if actual != expected:
+                    where = "absent" if actual is None else f"at {actual}"
+                    self._drift(name, tag, "missing-artifact",
+                                f"{name}:{artifact} (source {expected}): {where}")
+                else:
+                    self.check_manifest(name, artifact, actual)
+                if depth < MAX_DEPTH:
+                    pending.extend((below, depth + 1) for below in tree)
 
     def check_manifest(self, name: str, tag: str, digest: str) -> None:
         """The manifest at ``digest`` in ``name``, its children, their links and blobs: what a
@@ -144,6 +190,13 @@ class ContentChecker:
         self.result.drift.append(Drift(name, tag, kind, detail))
 
 
+def _tree(source: SourceReader, name: str, digest: str) -> dict[str, Manifest]:
+    try:
+        return source.manifest_tree(name, digest)
+    except TAG_ERRORS:
+        return {}
+
+
 def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[VerifyResult]:
     """Verify every tag ``policy`` replicates from the source (its filters, then its
     ``keep_latest``), in each destination. Raises
@@ -151,13 +204,14 @@ def verify_policy(config: Config, policy: Policy, deep: bool = False) -> list[Ve
     resolve_flavours(config, policy)
     source = endpoint_for(config.regions[policy.source])
     wanted = Selection(lambda name: selected(policy.repositories, name),
-                       lambda name, tag: policy_selects(policy, name, tag))
-    listed = source.snapshot(None, None, True, wanted).tags
-    tags = sorted(kept(policy, {key: info for key, info in listed.items()
+                       lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag))
+    listing = source.snapshot(None, None, True, wanted)
+    tags = sorted(kept(policy, {key: info for key, info in listing.tags.items()
                                 if policy_selects(policy, *key)}))
     results = []
     for name in policy.destinations:
-        result = verify(source, endpoint_for(config.regions[name]), tags, deep)
+        result = verify(source, endpoint_for(config.regions[name]), tags, deep,
+                        listing if follows(policy) else None, policy.artifact_types)
         result.policy, result.source, result.destination = policy.name, policy.source, name
         results.append(result)
     return results

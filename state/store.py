@@ -106,6 +106,8 @@ def _replications(db: sqlite_utils.Database) -> None:
 def _announced_changes(db: sqlite_utils.Database) -> None:
     db["announced"].create({"policy": str, "destination": str, "repository": str, "tag": str,
                             "noted": float}, pk=("policy", "destination", "repository", "tag"))
+
+
 @migrations(name="0009_pacing_and_guards")
 def _pacing_and_guards(db: sqlite_utils.Database) -> None:
     db["egress_budgets"].create({"policy": str, "destination": str, "period": float, "used": int,
@@ -114,6 +116,11 @@ def _pacing_and_guards(db: sqlite_utils.Database) -> None:
                            pk=("destination", "repository", "tag"))
     db["tag_absences"].create({"policy": str, "destination": str, "repository": str, "tag": str,
                                "since": float}, pk=("policy", "destination", "repository", "tag"))
+
+
+@migrations(name="0010_failure_kinds")
+def _failure_kinds(db: sqlite_utils.Database) -> None:
+    db["failures"].add_column("kind", str, not_null_default="")
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ class FailureRecord:
     first_failed: float
     last_failed: float
     next_retry: float
+    kind: str = ""
+    """The error's kind (``replicator.errors.error_kind``)."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +286,7 @@ class StateStore:
 
     def record_failure(self, policy: str, destination: str, repository: str, tag: str,
                        digest: str, error: str, backoff: Backoff,
-                       now: float | None = None) -> FailureRecord:
+                       now: float | None = None, kind: str = "") -> FailureRecord:
         """Count one more failed attempt; the next retry waits ``backoff.delay(attempts)``."""
         now = time.time() if now is None else now
         with self._lock, self.db.conn:
@@ -288,7 +297,7 @@ class StateStore:
             attempts = previous[0]["attempts"] + 1 if previous else 1
             first = previous[0]["first_failed"] if previous else now
             record = FailureRecord(policy, destination, repository, tag, digest, attempts, error,
-                                   first, now, now + backoff.delay(attempts))
+                                   first, now, now + backoff.delay(attempts), kind)
             self.db["failures"].upsert(record.__dict__, pk=("policy", "destination", "repository", "tag"))
         return record
 

@@ -8,6 +8,8 @@ through it; the suite never looks behind the endpoint.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from drivers.errors import NotFound
@@ -20,6 +22,24 @@ ONE = si.image([BASE, si.layer({"srv/app": b"one\n"})])
 TWO = si.image([BASE, si.layer({"srv/app": b"two\n"})])
 MULTI = si.index([ONE, si.image([BASE, si.layer({"srv/app": b"arm\n"})], architecture="arm64")])
 DOCKER = si.image([si.layer({"srv/app": b"docker\n"}, oci=False)], oci=False)
+
+
+def _referrers(subject: si.Image) -> si.Image:
+    """An OCI 1.1 referrer of ``subject`` (an SBOM with ``subject`` and ``artifactType``, the
+    empty config) under the fallback index that lists it, as oras writes them."""
+    empty = si.Blob("application/vnd.oci.empty.v1+json", b"{}")
+    sbom = si.Blob("application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}')
+    referrer = si.Image(si.Blob(si.OCI_MANIFEST, json.dumps({
+        "schemaVersion": 2, "mediaType": si.OCI_MANIFEST, "artifactType": sbom.media_type,
+        "config": empty.descriptor(), "layers": [sbom.descriptor()],
+        "subject": subject.manifest.descriptor()}).encode()), (empty, sbom))
+    return si.Image(si.Blob(si.OCI_INDEX, json.dumps({
+        "schemaVersion": 2, "mediaType": si.OCI_INDEX,
+        "manifests": [referrer.manifest.descriptor(artifactType=sbom.media_type)]}).encode()),
+        (), (referrer,))
+
+
+REFERRERS = _referrers(ONE)
 
 
 def tree_of(image: si.Image) -> dict:
@@ -124,6 +144,17 @@ class EndpointConformance:
             endpoint.blob_write("app/web", blob.digest, len(blob.data), chunks())
         with pytest.raises(NotFound):
             endpoint.blob_size("app/web", blob.digest)
+
+    def test_referrers_and_their_fallback_tag_read_back(self, endpoint):
+        write_image(endpoint, "app/web", "1", ONE)
+        tag = ONE.digest.replace(":", "-")
+        write_image(endpoint, "app/web", tag, REFERRERS)
+        assert endpoint.tag_read("app/web", tag) == REFERRERS.digest
+        assert pullable(endpoint, "app/web", REFERRERS)
+        (referrer,) = REFERRERS.children
+        parsed = parse_manifest(endpoint.manifest_read("app/web", referrer.digest,
+                                                       MAX_MANIFEST_SIZE), referrer.digest)
+        assert (parsed.subject, parsed.artifact_type) == (ONE.digest, "application/spdx+json")
 
     def test_steps_describe_themselves(self, endpoint):
         held = endpoint.destination_snapshot(None, None, True)
