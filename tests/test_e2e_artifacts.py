@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from replicator import audit
 from replicator import sample_images as si
 from tests import registry as reg
 from tests import supply_chain as sc
@@ -97,6 +98,7 @@ def world(tmp_path_factory):
         tags = {"include": ["v*"]}
         follow = write_config(tmp / "follow.yml", {
             "state": {"path": str(tmp / "follow.db")}, "concurrency": 2, "regions": regions,
+            "audit": {"path": str(tmp / "audit.jsonl")},
             "policies": [{"name": "follow", "source": "primary", "destinations": ["local", "c"],
                           "tags": tags}]})
         by_tags = write_config(tmp / "tags.yml", {
@@ -117,7 +119,7 @@ def world(tmp_path_factory):
         services.append(reg.start_registry(regions["local"]["storage"], tmp / "logs"))
         services.append(reg.start_registry(regions["plain"]["storage"], tmp / "logs"))
         services.append(reg.start_registry(regions["typed"]["storage"], tmp / "logs"))
-        yield {"tmp": tmp, "source": source_artifacts, "followed": followed,
+        yield {"tmp": tmp, "source": source_artifacts, "sbom": sbom, "followed": followed,
                "referrers": referrers, "dev": {f"{fallback(DEV.digest)}.sig", fallback(DEV.digest)},
                "dev_referrer": dev_referrer, "planned": planned, "first": first,
                "second": second, "third": third, "verified": verified, "b": sc.Api(services[2].url),
@@ -161,6 +163,24 @@ def test_first_pass_counts_each_artifact_once(world):
     for report in passes(document).values():
         assert (report["tags_replicated"], report["artifacts_replicated"]) == (2, 9)
         assert report["artifacts_left_out"] == 0 and not report["failures"]
+
+
+def test_the_audit_trail_names_the_artifacts_that_came_with_each_image(world):
+    lines = list(audit.entries(world["tmp"] / "audit.jsonl"))
+    source = world["source"]
+    of = {V1.digest: {f"{fallback(V1.digest)}.sig", f"{fallback(V1.digest)}.att",
+                      f"{fallback(V1.digest)}.sbom", fallback(V1.digest),
+                      f"{fallback(world['sbom'])}.sig"},
+          V2.digest: {f"{fallback(V2.digest)}.sig", *(f"{fallback(c.digest)}.sig" for c in V2.children),
+                      fallback(V2.children[1].digest)}}
+    for destination in ("local", "c"):
+        changes = [line for line in lines if line["destination"] == destination]
+        assert len(changes) == 2 + 9 and all(line["action"] == "create" for line in changes)
+        images = {line["new_digest"]: line for line in changes if line["tag"] in ("v1", "v2")}
+        for digest, tags in of.items():
+            assert sorted(images[digest]["artifacts"]) == sorted(source[tag] for tag in tags)
+        artifact_lines = {line["tag"]: line["new_digest"] for line in changes if line["artifacts"] == []}
+        assert artifact_lines == {tag: source[tag] for tag in world["followed"]}
 
 
 def test_dry_run_lists_artifacts_apart_and_writes_nothing(world):
