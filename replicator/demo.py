@@ -18,6 +18,7 @@ import yaml
 from drivers.base import StorageDriver
 from replicator import config as config_module
 from replicator import layout, sample_images
+from replicator.audit import AuditWriter
 from replicator.endpoints import endpoint_for
 from replicator.engine import RunOptions, run_policy
 from replicator.manifests import parse_manifest
@@ -64,6 +65,7 @@ def run(workdir: Path) -> int:
     config_path.write_text(yaml.safe_dump({
         "state": {"path": "replicator.db"},
         "server": {"listen": "127.0.0.1:9100"},
+        "audit": {"path": "audit.jsonl"},
         "regions": regions,
         "policies": [{"name": "demo", "source": SOURCE, "destinations": list(DESTINATIONS)}],
     }, sort_keys=False))
@@ -77,7 +79,8 @@ def run(workdir: Path) -> int:
 
     policy = config.policies[0]
     state = StateStore(config.state_path)
-    first = run_policy(config, policy, state, RunOptions.from_config(config))
+    trail = AuditWriter(config.audit_log)
+    first = run_policy(config, policy, state, RunOptions.from_config(config, on_change=trail.append))
     print("First pass:\n" + run_text(first, 0, False).rsplit("\n", 1)[0])
     second = run_policy(config, policy, state, RunOptions.from_config(config))
     state.close()
@@ -106,6 +109,10 @@ def next_steps(config_path: Path) -> str:
         f"The configuration is in {config_path}. Next, try:",
         f"  replicator status {config}           # lag, pending and failing tags",
         f"  replicator verify {config} --deep    # re-hash every blob at every destination",
+        f"  replicator wait {config} demo/web:multi --timeout 1m   # a deploy barrier: 0 once "
+        f"every region serves it",
+        f"  replicator history {config} demo/web # what each region was given, and when",
         f"  replicator sync {config} --dry-run   # after changing the source: what would move",
-        f"  replicator serve {config}            # schedules, webhook and http://127.0.0.1:9100/metrics",
+        f"  replicator serve {config}            # schedules, webhook, the status page at "
+        f"http://127.0.0.1:9100/ and /metrics",
     ])

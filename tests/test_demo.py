@@ -20,9 +20,15 @@ def test_demo_replicates_and_verifies_both_regions(tmp_path):
     config = tmp_path / "demo" / "replicator.yml"
     assert f"The configuration is in {config}. Next, try:" in lines
     commands = [line.split("#")[0].split() for line in lines if line.startswith("  replicator ")]
-    assert [command[1] for command in commands] == ["status", "verify", "sync", "serve"]
-    for command in commands[:3]:   # each works as printed, on the demo's own configuration
+    assert [command[1] for command in commands] == ["status", "verify", "wait", "history", "sync",
+                                                    "serve"]
+    outputs = {}
+    for command in commands[:5]:   # each works as printed, on the demo's own configuration
         result = subprocess.run([sys.executable, "-m", "replicator", *command[1:]],
                                 capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
                                 check=False)
         assert result.returncode == 0, (command, result.stdout + result.stderr)
+        outputs[command[1]] = result.stdout
+    changes = outputs["history"].splitlines()
+    assert len(changes) == 4   # demo/web:1.0 and demo/web:multi created in each of two regions
+    assert all("  create  demo/web:" in line for line in changes), changes
