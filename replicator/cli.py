@@ -12,13 +12,14 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from drivers.errors import ConfigError, StorageError
 from replicator import config as config_module
 from replicator import demo, logs
+from replicator import plan as plan_module
 from replicator.engine import RunOptions, run_policy
 from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--audit", action="store_true",
                       help="re-read every link and re-check every tag's content at the "
                            "destinations, trusting no cached state (repairs drift)")
+    sync.add_argument("--plan", metavar="PLAN.json",
+                      help="apply this saved plan and nothing else: only its tags, each only if "
+                           "the source still has the digest the plan recorded")
+
+    plan_parser = commands.add_parser(
+        "plan", help="show what a sync would copy, write and delete, its requests and its cost")
+    _config_argument(plan_parser)
+    plan_parser.add_argument("--policy", help="plan only the policy with this name")
+    _shard_argument(plan_parser)
+    plan_parser.add_argument("--json", action="store_true", help="print one JSON document")
+    plan_parser.add_argument("--out", metavar="PLAN.json",
+                             help="save the plan for `sync --plan` (the --json document)")
 
     serve = commands.add_parser(
         "serve", help="run policies on their schedules, take push notifications, serve metrics")
@@ -119,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run(args.workdir)
-        command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify}[args.command]
+        command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify,
+                   "plan": _plan}[args.command]
         return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
@@ -129,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    saved = plan_module.load_saved(args.plan, config) if args.plan else None
+    if saved is not None:
+        policies = [policy for policy in policies if policy.name in saved]
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
                                      shard=_shard(args), wait_for_purges=not args.dry_run,
@@ -140,7 +157,8 @@ def _sync(args: argparse.Namespace) -> int:
         recover_purges(config.regions, state)
     try:
         for policy in policies:
-            reports.extend(run_policy(config, policy, state, options))
+            planned = {} if saved is None else {"planned": saved[policy.name]}
+            reports.extend(run_policy(config, policy, state, replace(options, **planned)))
         outstanding = {name: [item.url for item in state.outstanding_purges(name)]
                        for name, region in config.regions.items() if region.cdn is not None}
     finally:
@@ -157,6 +175,20 @@ def _sync(args: argparse.Namespace) -> int:
     else:
         print(run_text(reports, duration, args.dry_run))
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    document = plan_module.make_plan(config, policies,
+                                     RunOptions.from_config(config, shard=_shard(args)))
+    if args.out:
+        try:
+            Path(args.out).write_text(json.dumps(document, indent=2))
+        except OSError as error:
+            raise ConfigError("--out", f"cannot write {args.out}: {error.strerror}") from None
+    print(json.dumps(document, indent=2) if args.json else plan_module.text(document))
+    return EXIT_OK if document["ok"] else EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:

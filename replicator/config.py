@@ -22,6 +22,7 @@ from drivers.base import RequestCounter, StorageDriver
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError
 from replicator import flavours
+from replicator.costs import REQUEST_CLASSES, PriceTable, Priced, Prices, Pricing
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_INTERVAL = 300.0
@@ -112,6 +113,8 @@ class Config:
     provider proves their SHA-256; ``trusted``: wherever it can (size checked); ``off``: never."""
     abandoned_uploads_after: float = DEFAULT_ABANDONED_UPLOADS
     """Incomplete uploads (of a process killed mid-copy) older than this are discarded."""
+    pricing: Pricing | None = None
+    """The prices ``replicator plan`` estimates costs with (``pricing:``), if any."""
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -176,7 +179,8 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     """Validate an expanded document. Relative state paths are taken from ``base``; without
     ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
-                                   "audit_interval", "server_side_copy", "abandoned_uploads_after"})
+                                   "audit_interval", "server_side_copy", "abandoned_uploads_after",
+                                   "pricing"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
@@ -186,8 +190,10 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     server_side_copy = _server_side_copy(root.get("server_side_copy", "verified"))
     regions = _regions(root.get("regions"), clients)
     policies = _policies(root.get("policies"), regions)
+    pricing = _pricing(root["pricing"], base, regions) if "pricing" in root else None
     return Config(base / state_path, regions, policies, concurrency,
-                  _server(root.get("server", {})), audit_interval, server_side_copy, abandoned)
+                  _server(root.get("server", {})), audit_interval, server_side_copy, abandoned,
+                  pricing)
 
 
 def _server_side_copy(value: object) -> str:
@@ -328,6 +334,79 @@ def _policies(value: object, regions: dict[str, Region]) -> tuple[Policy, ...]:
                                _filter(block.get("tags"), f"{field}.tags"), delete,
                                _schedule(block.get("schedule"), f"{field}.schedule")))
     return tuple(policies)
+
+
+def _pricing(value: object, base: Path, regions: dict[str, Region]) -> Pricing:
+    """``pricing:``: tables from ``file`` (or ``files``, relative to the configuration's
+    folder) and ``regions``, each configured region's entry inline or the name of a table
+    entry; a region not named there is priced by the table entry of its own name, if any."""
+    block = _mapping(value, "pricing", {"file", "files", "regions"})
+    if "file" in block and "files" in block:
+        raise ConfigError("pricing.files", "give file or files, not both")
+    paths = [block["file"]] if "file" in block else block.get("files", [])
+    if not isinstance(paths, list):
+        raise ConfigError("pricing.files", "must be a list of price table files")
+    fields = ["pricing.file"] if "file" in block else [f"pricing.files[{i}]" for i in range(len(paths))]
+    tables = [_price_table(base / _string(path, where), where) for path, where in zip(paths, fields)]
+    named = _mapping(block.get("regions", {}), "pricing.regions")
+    inline = {str(name): _prices(entry, f"pricing.regions.{name}")
+              for name, entry in named.items() if not isinstance(entry, str)}
+    if inline:
+        tables.append(PriceTable("config", inline))
+    priced = {}
+    for name, entry in named.items():
+        where = f"pricing.regions.{name}"
+        if name not in regions:
+            raise ConfigError(where, f"unknown region; defined: {', '.join(regions)}")
+        if not isinstance(entry, str):
+            priced[str(name)] = Priced(tables[-1], str(name), inline[str(name)])
+            continue
+        table = next((table for table in tables if table.path and entry in table.regions), None)
+        if table is None:
+            raise ConfigError(where, f"no price table has an entry {entry!r}")
+        priced[str(name)] = Priced(table, entry, table.regions[entry])
+    for name in regions:
+        table = next((table for table in tables if table.path and name in table.regions), None)
+        if name not in priced and table is not None:
+            priced[name] = Priced(table, name, table.regions[name])
+    return Pricing(tuple(tables), priced)
+
+
+def _price_table(path: Path, field: str) -> PriceTable:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(field, f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(field, f"{path}: invalid YAML") from None
+    block = _mapping(document, field, {"name", "taken", "sources", "currency", "note", "regions"})
+    sources = block.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(item, str) for item in sources):
+        raise ConfigError(f"{field}.sources", "must be a list of URLs")
+    regions = _mapping(block.get("regions"), f"{field}.regions")
+    return PriceTable(_string(block.get("name", path.stem), f"{field}.name"),
+                      {str(name): _prices(entry, f"{field}.regions.{name}")
+                       for name, entry in regions.items()},
+                      str(block["taken"]) if "taken" in block else None, tuple(sources),
+                      _string(block.get("currency", "USD"), f"{field}.currency"), str(path))
+
+
+def _prices(value: object, field: str) -> Prices:
+    block = _mapping(value, field, {"egress_per_gib", "requests_per_1000", "cdn_invalidation_path"})
+    egress = _mapping(block.get("egress_per_gib", {}), f"{field}.egress_per_gib")
+    requests = _mapping(block.get("requests_per_1000", {}), f"{field}.requests_per_1000",
+                        set(REQUEST_CLASSES))
+    return Prices({str(key): _price(price, f"{field}.egress_per_gib.{key}")
+                   for key, price in egress.items()},
+                  {key: _price(price, f"{field}.requests_per_1000.{key}")
+                   for key, price in requests.items()},
+                  _price(block.get("cdn_invalidation_path", 0), f"{field}.cdn_invalidation_path"))
+
+
+def _price(value: object, field: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(field, "must be a non-negative number (a price)")
+    return float(value)
 
 
 def _filter(value: object, field: str) -> Filter:

@@ -27,7 +27,7 @@ from drivers.errors import AccessDenied, NotFound
 from drivers.retry import pause
 from replicator.endpoints.base import Destination, Endpoint
 from replicator.errors import ReplicationError
-from replicator.gate import Gate
+from replicator.gate import Copy, Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
 
@@ -69,28 +69,36 @@ class BlobCopier:
         self._server_side = server_side if capable else "off"
 
     def ensure_blob(self, name: str, blob: Descriptor) -> Future:
-        return self._ensure(blob.digest, lambda: self._copy_blob(name, blob))
+        return self._ensure(Copy(name, blob.digest, blob.size, self.route(blob)),
+                            lambda: self._copy_blob(name, blob))
 
     def ensure_manifest(self, name: str, manifest: Manifest) -> Future:
-        return self._ensure(manifest.digest,
+        return self._ensure(Copy(name, manifest.digest, len(manifest.data), "manifest"),
                             lambda: self._write_manifest(name, manifest))
 
-    def _ensure(self, digest: str, copy) -> Future:
+    def _ensure(self, step: Copy, copy) -> Future:
         with self._lock:
-            if digest not in self._futures:
-                if self.gate.allows(f"copy {digest}"):
-                    self._futures[digest] = self.pool.submit(copy)
+            if step.digest not in self._futures:
+                if self.gate.allows(step):
+                    self._futures[step.digest] = self.pool.submit(copy)
                 else:
-                    self._futures[digest] = Future()
-                    self._futures[digest].set_result(None)
-            return self._futures[digest]
+                    self._futures[step.digest] = Future()
+                    self._futures[step.digest].set_result(None)
+            return self._futures[step.digest]
+
+    def route(self, blob: Descriptor) -> str:
+        """How ``blob`` is to be copied: server-side ``hashed`` or ``plain``, or ``stream``
+        (also what a refused server-side copy falls back to)."""
+        mode = self._server_side
+        if mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size):
+            return "hashed"
+        if mode == "trusted" and blob.size >= 0:
+            return "plain"
+        return "stream"
 
     def _copy_blob(self, name: str, blob: Descriptor) -> None:
-        mode = self._server_side
-        if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
-                and self._copy_server_side(name, blob, hashed=True)):
-            return
-        if mode == "trusted" and blob.size >= 0 and self._copy_server_side(name, blob, hashed=False):
+        route = self.route(blob)
+        if route != "stream" and self._copy_server_side(name, blob, hashed=route == "hashed"):
             return
         for reads in range(1, SOURCE_READS + 1):
             try:

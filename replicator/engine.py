@@ -19,8 +19,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,13 +35,14 @@ from replicator.endpoints.base import Selection, Snapshot
 from replicator.errors import TAG_ERRORS, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
-from replicator.gate import Gate
+from replicator.gate import Gate, Link, Purge, Removal, Step, TagMove
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
     Manifest,
     ManifestError,
     parse_manifest,
 )
+from replicator.once import Once
 from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
@@ -80,6 +81,13 @@ class RunOptions:
     wait_for_purges: bool = False
     """Keep retrying the destination's purges until accepted or its ``cdn.timeout`` (``sync``);
     otherwise one attempt, later ones left to the purge queue's timer (``serve``)."""
+    observer: Callable[[DestinationPass], Callable[[Step], None]] | None = None
+    """In a dry run (``replicator plan``): called as each destination's pass is made; what it
+    returns is shown every step the pass's gate records."""
+    planned: Mapping[str, Mapping[tuple[str, str], str | None]] | None = None
+    """A saved plan being applied: by destination, the only tags a pass may change, each with
+    the digest it must still have at the source (``None``: planned for deletion). Other tags
+    are only compared; a planned tag found changed is skipped and reported (kind ``changed``)."""
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -95,8 +103,7 @@ class SourceReader:
         self.snapshot = snapshot
         self.listed = listed
         """When the source listing began: changes noted later may be missing from it."""
-        self._lock = threading.Lock()
-        self._manifests: dict[str, Future] = {}
+        self._manifests = Once()
 
     def tag_digest(self, name: str, tag: str) -> str:
         digest = self.snapshot.tag_digest(name, tag)
@@ -119,17 +126,7 @@ class SourceReader:
     def manifest(self, name: str, digest: str) -> Manifest:
         """The parsed manifest; read once per pass even when tags ask for it concurrently
         (a failure is shared too). Raises ``TAG_ERRORS``."""
-        with self._lock:
-            future = self._manifests.get(digest)
-            reader = future is None
-            if reader:
-                future = self._manifests[digest] = Future()
-        if reader:
-            try:
-                future.set_result(self._read(name, digest))
-            except TAG_ERRORS as error:
-                future.set_exception(error)
-        return future.result()
+        return self._manifests.run(digest, lambda: self._read(name, digest))
 
     def _read(self, name: str, digest: str) -> Manifest:
         try:
@@ -157,10 +154,14 @@ class DestinationPass:
         self.options = options
         self.repository = repository
         self.report = PassReport(policy.name, policy.source, region.name)
-        self.gate = Gate(self.report, options.dry_run)
+        self.gate = Gate(self.report, options.dry_run,
+                         options.observer(self) if options.observer is not None else None)
         self.in_sync: set[tuple[str, str]] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
+        self._steps = Once()
+        """Link steps several tags need (a shared layer's link): made once, the others wait."""
+        self.planned = None if options.planned is None else options.planned.get(region.name, {})
 
     def run(self) -> PassReport:
         started = time.time()
@@ -173,6 +174,7 @@ class DestinationPass:
         self.failing = self.state.failures(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
+        self._report_planned_tags_gone()
         workers = self.options.concurrency
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
@@ -232,13 +234,16 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             if digest == current and not self.options.audit:
-                self._complete_tag(name, tag, digest)
+                if self.planned is None:
+                    self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
+                return
+            if not self._planned(name, tag, digest):
                 return
             tree = self.source.manifest_tree(name, digest)
             plan = self.held.plan(name, tag, digest, tree, current)
             self._count_reused(plan.reused)
-            self._apply(plan)
+            self._apply(plan, current)
         except TAG_ERRORS as error:
             self._failed(name, tag, digest, error)
         except Exception as error:  # a defect must fail its tag, not the whole pass
@@ -279,6 +284,27 @@ class DestinationPass:
                          "deferred")
         return True
 
+    def _planned(self, name: str, tag: str, digest: str) -> bool:
+        """Whether the pass may change the tag: always, unless it applies a saved plan; then
+        only a tag planned at ``digest`` (one planned otherwise is reported as changed)."""
+        if self.planned is None:
+            return True
+        if (name, tag) not in self.planned:
+            return False
+        expected = self.planned[(name, tag)]
+        if expected != digest:
+            self.report.fail(name, tag, f"changed at the source since the plan (planned "
+                                        f"{expected or 'for deletion'}, now {digest}): skipped",
+                             "changed")
+            return False
+        return True
+
+    def _report_planned_tags_gone(self) -> None:
+        for (name, tag), digest in sorted((self.planned or {}).items()):
+            if digest is not None and (name, tag) not in self.source_tags:
+                self.report.fail(name, tag, f"planned at {digest}, no longer at the source: "
+                                            f"skipped", "changed")
+
     def _complete_tag(self, name: str, tag: str, digest: str) -> None:
         """Make the step a tag already at the right digest still lacks (a pass stopped between
         its last two writes left it out). Known from the snapshot, so it costs no read."""
@@ -298,7 +324,7 @@ class DestinationPass:
             self._reused |= fresh
         self.report.count("blobs_present", len(fresh))
 
-    def _apply(self, plan: TagPlan) -> None:
+    def _apply(self, plan: TagPlan, current: str | None) -> None:
         copies = [self.copier.ensure_blob(plan.name, blob) for blob in plan.blobs]
         copies += [self.copier.ensure_manifest(plan.name, manifest) for manifest in plan.manifests]
         for copy in copies:
@@ -307,16 +333,17 @@ class DestinationPass:
             if self.held.made(step):
                 continue
             if step != plan.move:
-                self._make(step)
+                self._steps.run(step, lambda step=step: self._make(step))
                 continue
             with self._purging(plan.name, plan.tag):
-                token = self._make(step)
+                token = self._make(step, TagMove(plan.name, plan.tag, plan.digest, current))
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
 
-    def _make(self, step: tuple[str, str]) -> str | None:
+    def _make(self, step: tuple[str, str], move: TagMove | None = None) -> str | None:
         """One step through the gate; its change token, ``None`` in a dry run."""
-        return self.held.apply(step) if self.gate.allows(self.held.describe(step)) else None
+        allowed = self.gate.allows(Link(step, self.held.describe(step), move))
+        return self.held.apply(step) if allowed else None
 
     @contextmanager
     def _purging(self, name: str, tag: str) -> Iterator[None]:
@@ -326,7 +353,7 @@ class DestinationPass:
             yield
             return
         urls = purge_urls(self.region.cdn.baseurls, name, tag)
-        if not all([self.gate.allows(f"purge {url}") for url in urls]):
+        if not all([self.gate.allows(Purge(url)) for url in urls]):
             yield
             return
         self.state.enqueue_purges(self.destination_name, urls)
@@ -338,12 +365,13 @@ class DestinationPass:
     def _delete_removed_tags(self) -> None:
         for name, tag in sorted(self.held.tags):
             if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
-                    or not self.options.shard.owns(name)):
+                    or not self.options.shard.owns(name)
+                    or (self.planned is not None and self.planned.get((name, tag), "") is not None)):
                 continue
             try:
                 with self._purging(name, tag):
                     for step in self.held.tag_removal(name, tag):
-                        if self.gate.allows(f"delete {step[0]}"):
+                        if self.gate.allows(Removal(name, tag, step)):
                             self.held.remove(step)
             except StorageError as error:
                 self._failed(name, tag, "", error)
