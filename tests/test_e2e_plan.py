@@ -103,7 +103,8 @@ class World:
         self.document = {
             "state": {"path": str(tmp / "state.db")},
             "regions": {name: {"storage": block} for name, block in self.storage.items()},
-            "policies": [{"name": "prod", "source": "primary", "destinations": list(DESTINATIONS)}],
+            "policies": [{"name": "prod", "source": "primary", "destinations": list(DESTINATIONS),
+                          "delete": True}],
             "pricing": {"files": [str(PRICING / "aws.yml"), str(PRICING / "gcp.yml")],
                         "regions": {**{name: entry for name, (_, entry) in PRICED_AS.items()},
                                     "local": INLINE}},
@@ -115,6 +116,18 @@ class World:
     def push(self, tags: dict) -> None:
         for (repository, tag), image in tags.items():
             reg.push(self.registry.url, repository, tag, image, self.tmp / "work")
+
+    def keys(self, region: str) -> set[str]:
+        if region == "gcs-west":
+            return {blob.name for blob in self.gcs.list_blobs(self.storage[region]["gcs"]["bucket"])}
+        return reg.Store(self.storage[region]).keys()
+
+    def delete_at_source(self, repository: str, tag: str) -> None:
+        """Delete the tag from the source's storage, as the registry's tag delete would."""
+        store = reg.Store(self.storage["primary"])
+        prefix = reg.tag_current_key(repository, tag).rsplit("/current/", 1)[0] + "/"
+        for key in store.keys(prefix):
+            store.client.delete_object(Bucket=store.bucket, Key=store.prefix + key)
 
     def digest_at(self, region: str, repository: str, tag: str) -> str | None:
         """The tag's current link in the region's storage, read directly; ``None`` if absent."""
@@ -138,9 +151,12 @@ def world(moto, fake_gcs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first(world):
-    """The plan of the initial backfill, its text form, then the sync it predicts."""
+    """The plan of the initial backfill, its text form, then the sync it predicts; what the
+    destinations and the state store held after the plans."""
     planned = run("plan", world.config, "--json")
     text = run("plan", world.config)
+    world.after_plan = {region: world.keys(region) for region in DESTINATIONS}
+    world.state_after_plan = (world.tmp / "state.db").exists()
     synced = run("sync", world.config, "--json")
     return document(planned), text, document(synced), planned.returncode, synced.returncode
 
@@ -229,11 +245,10 @@ def test_plan_names_its_tables_and_their_date(first):
         assert f"prod: primary -> {destination}" in text.stdout
 
 
-def test_plan_writes_nothing_and_leaves_the_state_store_alone(first, world):
-    plan, *_ = first
-    for region in DESTINATIONS:
-        assert plan["requests"][region]["list"] > 0
-    assert world.digest_at("local", "apps/web", "1") == INITIAL[("apps/web", "1")].digest  # by the sync
+def test_plan_writes_nothing_and_leaves_no_state_store(first, world):
+    assert world.after_plan == {region: set() for region in DESTINATIONS}
+    assert world.state_after_plan is False
+    assert world.digest_at("local", "apps/web", "1") == WEB_1.digest   # the sync wrote it
 
 
 def test_plan_of_an_unchanged_registry_costs_listings_and_equals_the_sync(unchanged):
@@ -248,12 +263,14 @@ def test_plan_of_an_unchanged_registry_costs_listings_and_equals_the_sync(unchan
 
 @pytest.fixture(scope="module")
 def applied(unchanged, world):
-    """A saved plan (base/tools:latest moves, apps/web:3 is new), then apps/web:3 moves at the
-    source and apps/web:4 is pushed, then `sync --plan`."""
+    """A saved plan (base/tools:latest moves, apps/web:3 is new, apps/web:2 is deleted), then at
+    the source apps/web:3 moves, apps/web:4 is pushed and apps/web:1 deleted, then `sync --plan`."""
     world.push({("base/tools", "latest"): TOOLS_2, ("apps/web", "3"): WEB_3})
+    world.delete_at_source("apps/web", "2")
     saved = world.tmp / "plan.json"
     made = run("plan", world.config, "--out", str(saved))
     world.push({("apps/web", "3"): WEB_3_LATER, ("apps/web", "4"): WEB_4})
+    world.delete_at_source("apps/web", "1")
     result = run("sync", world.config, "--plan", str(saved), "--json")
     return json.loads(saved.read_text()), made, result
 
@@ -263,7 +280,9 @@ def test_saved_plan_records_each_tag_with_its_source_digest(applied):
     assert made.returncode == 0, made.stderr
     for entry in saved["passes"]:
         assert {(t["repository"], t["tag"]): (t["action"], t["digest"]) for t in entry["tags"]} == {
-            ("base/tools", "latest"): ("move", TOOLS_2.digest), ("apps/web", "3"): ("create", WEB_3.digest)}
+            ("base/tools", "latest"): ("move", TOOLS_2.digest), ("apps/web", "3"): ("create", WEB_3.digest),
+            ("apps/web", "2"): ("delete", None)}
+        assert entry["tags_deleted"] == 1
 
 
 def test_saved_plan_skips_a_tag_changed_since_and_reports_it(applied, world):
@@ -271,7 +290,7 @@ def test_saved_plan_skips_a_tag_changed_since_and_reports_it(applied, world):
     assert result.returncode == 1, result.stderr
     report = document(result)
     for entry in report["passes"]:
-        assert entry["tags_replicated"] == 1
+        assert (entry["tags_replicated"], entry["tags_deleted"]) == (1, 1)
         assert [(f["repository"], f["tag"], f["kind"]) for f in entry["failures"]] == \
             [("apps/web", "3", "changed")]
         assert WEB_3.digest in entry["failures"][0]["error"] and WEB_3_LATER.digest in entry["failures"][0]["error"]
@@ -280,10 +299,17 @@ def test_saved_plan_skips_a_tag_changed_since_and_reports_it(applied, world):
         assert world.digest_at(region, "apps/web", "3") is None
 
 
+def test_saved_plan_deletes_what_it_planned_and_costs_what_it_said(applied, world):
+    saved, _, result = applied
+    for region in DESTINATIONS:
+        assert world.digest_at(region, "apps/web", "2") is None
+        assert saved["requests"][region]["delete"] == document(result)["requests"][region]["delete"] > 0
+
+
 def test_saved_plan_applies_nothing_it_did_not_plan(applied, world):
     for region in DESTINATIONS:
         assert world.digest_at(region, "apps/web", "4") is None
-        assert world.digest_at(region, "apps/web", "1") == WEB_1.digest
+        assert world.digest_at(region, "apps/web", "1") == WEB_1.digest   # deleted after the plan
 
 
 def test_sync_after_a_saved_plan_replicates_the_rest(applied, world):
@@ -292,6 +318,7 @@ def test_sync_after_a_saved_plan_replicates_the_rest(applied, world):
     for region in DESTINATIONS:
         assert world.digest_at(region, "apps/web", "3") == WEB_3_LATER.digest
         assert world.digest_at(region, "apps/web", "4") == WEB_4.digest
+        assert world.digest_at(region, "apps/web", "1") is None
 
 
 def test_a_malformed_saved_plan_exits_2(world, tmp_path):
