@@ -175,6 +175,8 @@ class DestinationPass:
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
         self._report_planned_tags_gone()
+        # the destination's tags as the pass began: a registry lists them now, as a plan does
+        held_tags = sorted(self.held.tags) if self.policy.delete else []
         workers = self.options.concurrency
         with ThreadPoolExecutor(workers, "blob") as blob_pool, \
                 ThreadPoolExecutor(workers, "tag") as tag_pool:
@@ -182,7 +184,7 @@ class DestinationPass:
                                      self.report, self.gate, self.options.server_side_copy)
             self._replicate_all(tag_pool, 2 * workers)
         if self.policy.delete:
-            self._delete_removed_tags()
+            self._delete_removed_tags(held_tags)
         if not self.options.dry_run:
             self._record(started)
             timeout = self.region.cdn.timeout if self.options.wait_for_purges and self.region.cdn else None
@@ -362,8 +364,8 @@ class DestinationPass:
         finally:
             self.state.ready_purges(self.destination_name, urls)
 
-    def _delete_removed_tags(self) -> None:
-        for name, tag in sorted(self.held.tags):
+    def _delete_removed_tags(self, held_tags: list[tuple[str, str]]) -> None:
+        for name, tag in held_tags:
             if ((name, tag) in self.source_tags or not policy_selects(self.policy, name, tag)
                     or not self.options.shard.owns(name)
                     or (self.planned is not None and self.planned.get((name, tag), "") is not None)):

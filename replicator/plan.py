@@ -38,6 +38,8 @@ from state.store import StateStore
 
 FORMAT = "replicator-plan/1"
 ACTIONS = ("create", "move", "delete")
+TEXT_TAGS = 20
+"""Tags listed per pass in the text form (``--json`` lists them all)."""
 
 
 class PassRecorder:
@@ -222,6 +224,8 @@ def text(document: dict) -> str:
             taken = f"prices taken {table['taken']}" if table["taken"] else "prices from the configuration"
             lines.append(f"priced with {table['name']} ({taken}"
                          + (f"; {', '.join(table['sources'])}" if table["sources"] else "") + ")")
+        lines.append("regions priced as: " + ", ".join(f"{name} = {entry}"
+                                                        for name, entry in pricing["regions"].items()))
     for entry in document["passes"]:
         lines.append(f"{entry['policy']}: {entry['source']} -> {entry['destination']}"
                      + (f": ERROR {entry['error']}" if entry["error"] else ""))
@@ -243,9 +247,11 @@ def text(document: dict) -> str:
         lines.append(egress)
         if entry["purge_urls"]:
             lines.append(f"  purges     {entry['purge_urls']} URLs")
-        for tag in entry["tags"]:
+        for tag in entry["tags"][:TEXT_TAGS]:
             lines.append(f"    {tag['action']:<6} {tag['repository']}:{tag['tag']}"
                          + (f" {tag['digest']}" if tag["digest"] else ""))
+        if len(entry["tags"]) > TEXT_TAGS:
+            lines.append(f"    ... and {len(entry['tags']) - TEXT_TAGS} more tags (--json lists them all)")
         for failure in entry["failures"]:
             lines.append(f"    FAILING {failure['repository']}:{failure['tag']}: {failure['error']}")
     cost = document["cost"] or {"regions": {}}
