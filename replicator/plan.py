@@ -162,7 +162,8 @@ def make_plan(config: Config, policies: list[Policy], options: RunOptions) -> di
         if recorder is not None:
             for region, counts in recorder.requests.items():
                 requests[region].update(counts)
-            purges.setdefault(report.destination, set()).update(recorder.purges)
+            if recorder.purges:
+                purges.setdefault(report.destination, set()).update(recorder.purges)
     cdn_calls = {name: config.regions[name].cdn.purger.calls_for(len(urls))
                  for name, urls in purges.items() if config.regions[name].cdn is not None}
     document = {

@@ -33,6 +33,7 @@ from google.cloud import storage as gcs_storage
 
 from replicator import sample_images as si
 from tests import registry as reg
+from tests.cdn_servers import RecordingServer, scripted
 from tests.services import S3_CREDENTIALS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +62,10 @@ WEB_3_LATER = si.image([BASE, si.layer({"srv/web": b"web 3, moved after the plan
 WEB_4 = si.image([BASE, si.layer({"srv/web": b"web 4, pushed after the plan\n"})])
 
 DESTINATIONS = ("replica", "mirror", "local", "gcs-west", "hub")
+EDGE_BASES = ("https://registry-eu.example.com", "https://eu.example.org")
+"""Region ``local`` is behind a CDN of these base URLs, purged with PURGE at one cache node."""
 INLINE = {"egress_per_gib": {"default": 0.01, "internet": 0.05},
-          "requests_per_1000": {"put": 0.001, "get": 0.0001}}
+          "requests_per_1000": {"put": 0.001, "get": 0.0001}, "cdn_invalidation_path": 0.005}
 """The inline prices of region ``local``."""
 PRICED_AS = {"primary": ("aws", "us-east-1"), "replica": ("aws", "us-west-2"),
              "mirror": ("aws", "eu-west-1"), "gcs-west": ("gcp", "europe-west4"),
@@ -106,6 +109,8 @@ class World:
         self.hub = reg.start_registry(self.storage["hub"], tmp / "hub-logs")
         regions = {name: {"storage": block} for name, block in self.storage.items() if name != "hub"}
         regions["hub"] = {"registry": {"url": self.hub.url, "chunksize": 4 * MIB}}
+        self.edge = RecordingServer(scripted([]))
+        regions["local"]["cdn"] = {"baseurls": list(EDGE_BASES), "http": {"nodes": [self.edge.url]}}
         self.document = {
             "state": {"path": str(tmp / "state.db")},
             "regions": regions,
@@ -154,6 +159,7 @@ def world(moto, fake_gcs, tmp_path_factory):
     finally:
         world.registry.stop()
         world.hub.stop()
+        world.edge.stop()
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +169,7 @@ def first(world):
     planned = run("plan", world.config, "--json")
     text = run("plan", world.config)
     world.after_plan = {region: world.keys(region) for region in DESTINATIONS}
+    world.purged_after_plan = len(world.edge.requests)
     world.state_after_plan = (world.tmp / "state.db").exists()
     synced = run("sync", world.config, "--json")
     return document(planned), text, document(synced), planned.returncode, synced.returncode
@@ -196,6 +203,16 @@ def test_plan_figures_equal_the_following_sync(first):
         counters = [c for c in COUNTERS if destination != "hub" or c != "blobs_present"]
         assert {c: planned[destination][c] for c in counters} == {c: done[destination][c] for c in counters}
     assert plan["requests"] == synced["requests"]
+
+
+def test_plan_counts_the_cdn_purges_the_sync_sends(first, world):
+    plan, _, synced, _, _ = first
+    repositories = {name for name, _ in INITIAL}
+    urls = (len(INITIAL) + len(repositories)) * len(EDGE_BASES)   # each tag, each tag list
+    assert plan["purge_paths"] == {"local": urls}
+    assert plan["cdn_calls"] == synced["cdn_calls"] == {"local": urls}   # one PURGE per URL, one node
+    assert world.purged_after_plan == 0 and len(world.edge.requests) == urls
+    assert by_destination(plan)["local"]["purge_urls"] == urls
 
 
 def test_plan_of_a_registry_destination_mounts_what_another_repository_received(first):
@@ -242,6 +259,7 @@ def expected_cost(plan: dict) -> dict[str, float]:
     for entry in plan["passes"]:
         moved = entry["bytes_copied"] + entry["server_side_bytes"]
         cost["primary"] += moved / GIB * egress_rate[entry["destination"]]
+    cost["local"] += plan["purge_paths"]["local"] * INLINE["cdn_invalidation_path"]
     return cost
 
 
