@@ -127,11 +127,51 @@ def _state_copy(path: Path, folder: str) -> StateStore:
 def make_plan(config: Config, policies: list[Policy], options: RunOptions) -> dict:
     """The plan document of ``policies`` (see :func:`text`). Reads only; raises
     nothing for a region's error (a pass that cannot run has ``error`` set)."""
-    recorders: list[PassRecorder] = []
+    before = {name: region.requests.snapshot() for name, region in config.regions.items()}
+    reports, recorders, purges, notes = _dry_run(config, policies, options)
+    requests = {name: Counter({kind: count - before[name][kind]
+                               for kind, count in region.requests.snapshot().items()})
+                for name, region in config.regions.items()}
+    passes = []
+    for report in reports:
+        recorder = recorders.get(id(report))
+        passes.append(_pass_entry(report, recorder))
+        if recorder is not None:
+            for region, counts in recorder.requests.items():
+                requests[region].update(counts)
+            if recorder.purges:
+                purges.setdefault(report.destination, set()).update(recorder.purges)
+    document = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {"fingerprint": fingerprint(config), "policies": [p.name for p in policies],
+                   "regions": sorted(config.regions)},
+        "ok": all(report.ok for report in reports),
+        "passes": passes,
+        "requests": {name: {kind: counts[kind] for kind in REQUEST_CLASSES}
+                     for name, counts in requests.items()},
+        "cdn_calls": {name: config.regions[name].cdn.purger.calls_for(len(urls))
+                      for name, urls in purges.items()},
+        "purge_paths": {name: len(urls) for name, urls in purges.items()},
+        "pricing": None,
+        "cost": None,
+        "notes": notes,
+    }
+    if config.pricing is not None:
+        _price(document, config)
+    return document
+
+
+def _dry_run(config: Config, policies: list[Policy], options: RunOptions,
+             ) -> tuple[list[PassReport], dict[int, PassRecorder], dict[str, set[str]], list[str]]:
+    """Every pass of ``policies`` run dry on a copy of the state store: the reports, the
+    recorder of each (by the report's id), the purges already queued by region (behind a CDN),
+    and notes on what the plan does not count."""
+    recorders: dict[int, PassRecorder] = {}
 
     def observer(destination_pass: DestinationPass) -> PassRecorder:
-        recorders.append(PassRecorder(destination_pass))
-        return recorders[-1]
+        recorder = recorders[id(destination_pass.report)] = PassRecorder(destination_pass)
+        return recorder
 
     options = replace(options, dry_run=True, wait_for_purges=False, observer=observer,
                       on_pass=None, planned=None)
@@ -143,53 +183,27 @@ def make_plan(config: Config, policies: list[Policy], options: RunOptions) -> di
             for policy in policies:
                 notes.extend(_unfinished_passes(state, policy))
                 reports.extend(run_policy(config, policy, state, options))
-            outstanding = {name: {item.url for item in state.outstanding_purges(name)}
-                           for name, region in config.regions.items() if region.cdn is not None}
+            queued = {name: {item.url for item in state.outstanding_purges(name)}
+                      for name, region in config.regions.items() if region.cdn is not None}
         finally:
             state.close()
-    by_report = {id(recorder.report): recorder for recorder in recorders}
-    requests = {name: Counter(region.requests.snapshot()) for name, region in config.regions.items()}
-    purges = {name: set(urls) for name, urls in outstanding.items()}
-    passes = []
-    for report in reports:
-        recorder = by_report.get(id(report))
-        entry = report.as_dict(dry_run=False)
-        entry["tags"] = sorted(recorder.tags, key=lambda t: (t["repository"], t["tag"])) if recorder else []
-        entry["manifest_bytes"] = recorder.manifest_bytes if recorder else 0
-        entry["egress_bytes"] = report.bytes_copied + report.server_side_bytes
-        entry["purge_urls"] = len(recorder.purges) if recorder else 0
-        passes.append(entry)
-        if recorder is not None:
-            for region, counts in recorder.requests.items():
-                requests[region].update(counts)
-            if recorder.purges:
-                purges.setdefault(report.destination, set()).update(recorder.purges)
-    cdn_calls = {name: config.regions[name].cdn.purger.calls_for(len(urls))
-                 for name, urls in purges.items() if config.regions[name].cdn is not None}
-    document = {
-        "format": FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": {"fingerprint": fingerprint(config), "policies": [p.name for p in policies],
-                   "regions": sorted(config.regions)},
-        "ok": all(report.ok for report in reports),
-        "passes": passes,
-        "requests": {name: {kind: counts[kind] for kind in REQUEST_CLASSES}
-                     for name, counts in requests.items()},
-        "cdn_calls": cdn_calls,
-        "purge_paths": {name: len(urls) for name, urls in purges.items()},
-        "pricing": None,
-        "cost": None,
-        "notes": notes,
-    }
-    if config.pricing is not None:
-        _price(document, config)
-    return document
+    return reports, recorders, queued, notes
+
+
+def _pass_entry(report: PassReport, recorder: PassRecorder | None) -> dict:
+    """A pass as ``sync --json`` shows it, with what the plan adds."""
+    entry = report.as_dict(dry_run=False)
+    entry["tags"] = sorted(recorder.tags, key=lambda t: (t["repository"], t["tag"])) if recorder else []
+    entry["manifest_bytes"] = recorder.manifest_bytes if recorder else 0
+    entry["egress_bytes"] = report.bytes_copied + report.server_side_bytes
+    entry["purge_urls"] = len(recorder.purges) if recorder else 0
+    return entry
 
 
 def _unfinished_passes(state: StateStore, policy: Policy) -> list[str]:
-    rows = state.db.query("select destination from running where policy = ?", [policy.name])
-    return [f"{policy.name} -> {row['destination']}: the last pass never ended, so the next one "
-            f"first lists and discards abandoned uploads (not counted here)" for row in rows]
+    return [f"{policy.name} -> {destination}: the last pass never ended, so the next one first "
+            f"lists and discards abandoned uploads (not counted here)"
+            for destination in state.unfinished_passes(policy.name)]
 
 
 def _price(document: dict, config: Config) -> None:
