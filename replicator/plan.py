@@ -272,7 +272,8 @@ def text(document: dict) -> str:
     cost = document["cost"] or {"regions": {}}
     header = f"  {'region':<16}{'LIST':>8}{'GET':>8}{'HEAD':>8}{'PUT/COPY/POST':>15}{'DELETE':>8}"
     lines.append("requests" + ("" if document["cost"] else " (no pricing: block in the configuration)"))
-    lines.append(header + ("  requests    egress       CDN     total" if document["cost"] else ""))
+    money_header = "".join(f"{part:>11}" for part in ("requests", "egress", "CDN", "total"))
+    lines.append(header + (money_header if document["cost"] else ""))
     for name, counts in document["requests"].items():
         if not any(counts.values()) and name not in cost["regions"]:
             continue
@@ -280,7 +281,7 @@ def text(document: dict) -> str:
                f"{counts['put'] + counts['copy']:>15}{counts['delete']:>8}")
         if name in cost["regions"]:
             money = cost["regions"][name]
-            row += "".join(f"{_money(money[part]):>10}" for part in ("requests", "egress", "cdn", "total"))
+            row += "".join(f"{_money(money[part]):>11}" for part in ("requests", "egress", "cdn", "total"))
         lines.append(row)
     for name, calls in document["cdn_calls"].items():
         if calls:
@@ -293,6 +294,8 @@ def text(document: dict) -> str:
 
 
 def _money(amount: float) -> str:
+    if amount < 0.01:
+        return f"${amount:.6f}"
     return f"${amount:.4f}" if amount < 100 else f"${amount:,.2f}"
 
 
