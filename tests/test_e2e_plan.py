@@ -8,7 +8,8 @@ endpoint, so blobs stream through the replicator, the 6 MiB base layer as a mult
 of two 5 MiB parts), ``local`` (a directory), ``gcs-west`` (fake-gcs-server, 4 MiB
 resumable chunks) and ``hub``, a registry reached through its HTTP API (uploads in 4 MiB
 chunks, the base layer mounted into the second repository). Each region is priced from the
-shipped tables (``config/pricing``) or inline.
+shipped tables (``config/pricing``) or inline. Policy ``back`` then replicates ``hub``, as a
+registry source, into a directory.
 
 The plan's tag, blob, byte and request figures must be exactly those the following
 ``sync --json`` reports, and its money the tables applied to them (computed here). Then a
@@ -109,13 +110,15 @@ class World:
         self.hub = reg.start_registry(self.storage["hub"], tmp / "hub-logs")
         regions = {name: {"storage": block} for name, block in self.storage.items() if name != "hub"}
         regions["hub"] = {"registry": {"url": self.hub.url, "chunksize": 4 * MIB}}
+        regions["back"] = {"storage": reg.filesystem_storage(tmp / "back")}
         self.edge = RecordingServer(scripted([]))
         regions["local"]["cdn"] = {"baseurls": list(EDGE_BASES), "http": {"nodes": [self.edge.url]}}
         self.document = {
             "state": {"path": str(tmp / "state.db")},
             "regions": regions,
             "policies": [{"name": "prod", "source": "primary", "destinations": list(DESTINATIONS),
-                          "delete": True}],
+                          "delete": True},
+                         {"name": "back", "source": "hub", "destinations": ["back"]}],
             "pricing": {"files": [str(PRICING / "aws.yml"), str(PRICING / "gcp.yml")],
                         "regions": {**{name: entry for name, (_, entry) in PRICED_AS.items()},
                                     "local": INLINE}},
@@ -166,17 +169,26 @@ def world(moto, fake_gcs, tmp_path_factory):
 def first(world):
     """The plan of the initial backfill, its text form, then the sync it predicts; what the
     destinations and the state store held after the plans."""
-    planned = run("plan", world.config, "--json")
-    text = run("plan", world.config)
+    planned = run("plan", world.config, "--policy", "prod", "--json")
+    text = run("plan", world.config, "--policy", "prod")
     world.after_plan = {region: world.keys(region) for region in DESTINATIONS}
     world.purged_after_plan = len(world.edge.requests)
     world.state_after_plan = (world.tmp / "state.db").exists()
-    synced = run("sync", world.config, "--json")
+    synced = run("sync", world.config, "--policy", "prod", "--json")
     return document(planned), text, document(synced), planned.returncode, synced.returncode
 
 
 @pytest.fixture(scope="module")
-def unchanged(first, world):
+def from_registry(first, world):
+    """Policy ``back``: the registry ``hub`` (filled by the first sync) as a source, planned,
+    then synced into a directory."""
+    planned = run("plan", world.config, "--policy", "back", "--json")
+    synced = run("sync", world.config, "--policy", "back", "--json")
+    return document(planned), document(synced)
+
+
+@pytest.fixture(scope="module")
+def unchanged(from_registry, world):
     return document(run("plan", world.config, "--json")), document(run("sync", world.config, "--json"))
 
 
@@ -215,6 +227,17 @@ def test_plan_counts_the_cdn_purges_the_sync_sends(first, world):
     assert by_destination(plan)["local"]["purge_urls"] == urls
 
 
+def test_plan_from_a_registry_source_equals_the_following_sync(from_registry):
+    plan, synced = from_registry
+    [planned], [done] = plan["passes"], synced["passes"]
+    assert planned["tags_replicated"] == len(INITIAL) and done["tags_failed"] == 0
+    assert {c: planned[c] for c in COUNTERS} == {c: done[c] for c in COUNTERS}
+    assert plan["requests"] == synced["requests"]
+    blobs = [blob for blob in reg.unique_blobs(INITIAL.values()).values() if not reg.is_manifest(blob)]
+    assert plan["requests"]["hub"]["get"] == len(reg.unique_blobs(INITIAL.values()))   # each once
+    assert plan["requests"]["hub"]["get"] - len(blobs) == planned["manifests_copied"]
+
+
 def test_plan_of_a_registry_destination_mounts_what_another_repository_received(first):
     plan, *_ = first
     blobs = {digest: blob for digest, blob in reg.unique_blobs(INITIAL.values()).items()
@@ -249,6 +272,7 @@ def expected_cost(plan: dict) -> dict[str, float]:
     tables = {name: yaml.safe_load((PRICING / f"{name}.yml").read_text()) for name in ("aws", "gcp")}
     prices = {region: tables[table]["regions"][entry] for region, (table, entry) in PRICED_AS.items()}
     prices["local"] = INLINE
+    unpriced = {region: 0.0 for region in plan["requests"] if region not in prices}
     cost = {region: sum(plan["requests"][region][kind] * prices[region]["requests_per_1000"].get(kind, 0)
                         for kind in KINDS) / 1000 for region in prices}
     egress_rate = {"replica": prices["primary"]["egress_per_gib"]["default"],   # aws -> aws
@@ -260,7 +284,7 @@ def expected_cost(plan: dict) -> dict[str, float]:
         moved = entry["bytes_copied"] + entry["server_side_bytes"]
         cost["primary"] += moved / GIB * egress_rate[entry["destination"]]
     cost["local"] += plan["purge_paths"]["local"] * INLINE["cdn_invalidation_path"]
-    return cost
+    return {**cost, **unpriced}
 
 
 def test_plan_cost_is_the_tables_applied_to_its_figures(first):
@@ -298,7 +322,8 @@ def test_plan_of_an_unchanged_registry_costs_listings_and_equals_the_sync(unchan
         assert entry["tags"] == [] and entry["tags_unchanged"] == len(INITIAL)
     assert plan["requests"] == synced["requests"]
     for region, counts in plan["requests"].items():
-        heads = len(INITIAL) if region == "hub" else 0   # a registry: one manifest HEAD per tag
+        # a registry, as destination and as source: one manifest HEAD per tag each time
+        heads = 2 * len(INITIAL) if region == "hub" else 0
         assert {kind: counts[kind] for kind in KINDS if kind != "list"} == {
             "get": 0, "head": heads, "put": 0, "copy": 0, "delete": 0}, region
 
@@ -320,7 +345,7 @@ def applied(unchanged, world):
 def test_saved_plan_records_each_tag_with_its_source_digest(applied):
     saved, made, _ = applied
     assert made.returncode == 0, made.stderr
-    for entry in saved["passes"]:
+    for entry in (entry for entry in saved["passes"] if entry["policy"] == "prod"):
         assert {(t["repository"], t["tag"]): (t["action"], t["digest"]) for t in entry["tags"]} == {
             ("base/tools", "latest"): ("move", TOOLS_2.digest), ("apps/web", "3"): ("create", WEB_3.digest),
             ("apps/web", "2"): ("delete", None)}
@@ -331,7 +356,7 @@ def test_saved_plan_skips_a_tag_changed_since_and_reports_it(applied, world):
     _, _, result = applied
     assert result.returncode == 1, result.stderr
     report = document(result)
-    for entry in report["passes"]:
+    for entry in (entry for entry in report["passes"] if entry["policy"] == "prod"):
         assert (entry["tags_replicated"], entry["tags_deleted"]) == (1, 1)
         assert [(f["repository"], f["tag"], f["kind"]) for f in entry["failures"]] == \
             [("apps/web", "3", "changed")]
