@@ -395,6 +395,10 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
     def writer(self, key: str) -> ChunkedWriter:
         return _BlockWriter(self, check_key(key))
 
+    def writer_requests(self, size: int) -> dict[str, int]:
+        """One Put Blob within a block; else a Put Block per block and the Put Block List."""
+        return PartWriter.requests(self, size, self.chunk_size, {"put": 1})
+
     def _account_key(self) -> str | None:
         return getattr(self._container.credential, "account_key", None)
 

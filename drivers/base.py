@@ -254,6 +254,20 @@ class StorageDriver(ABC):
     def delete(self, key: str) -> None:
         """Delete the object. Deleting a missing key is not an error."""
 
+    def write_requests(self, size: int) -> dict[str, int]:
+        """The requests :meth:`write` of ``size`` bytes sends when nothing fails (retries add
+        more), by kind as counted. This default: one ``put``. Sends no request."""
+        return {"put": 1}
+
+    def writer_requests(self, size: int) -> dict[str, int]:
+        """The requests a :meth:`writer` sends to upload and commit ``size`` bytes when nothing
+        fails. This default: one ``put`` (the object is sent whole at commit)."""
+        return {"put": 1}
+
+    def delete_requests(self) -> dict[str, int]:
+        """The requests :meth:`delete` of an existing object sends when nothing fails."""
+        return {"delete": 1, "head": 1} if self.delete_heads_first else {"delete": 1}
+
     def sweep_abandoned_uploads(self, prefix: str, older_than: float) -> int:
         """Discard incomplete uploads under ``prefix`` started over ``older_than`` seconds ago
         (by a process killed mid-copy); how many. Raises ``StorageError``.
@@ -323,6 +337,12 @@ class ServerSideCopy(ABC):
         :meth:`can_copy_from` is false may raise ``TypeError``: callers ask first.
         """
 
+    def copy_requests(self, size: int, hashed: bool) -> dict[str, int]:
+        """The requests at this driver of :meth:`copy_from` (``hashed``: :meth:`copy_from_hashed
+        <HashedServerSideCopy.copy_from_hashed>`) of ``size`` bytes when nothing fails and the
+        provider finishes at once. This default: one ``copy``."""
+        return {"copy": 1}
+
 
 @dataclass(frozen=True)
 class HashedCopy:
@@ -377,6 +397,16 @@ class PartWriter(ChunkedWriter):
     @abstractmethod
     def _cancel(self) -> None:
         """Discard whatever was sent, if anything."""
+
+    @staticmethod
+    def requests(driver: StorageDriver, size: int, part_size: int,
+                 finishing: dict[str, int]) -> dict[str, int]:
+        """What uploading ``size`` bytes costs: one ``driver.write`` within the first part,
+        else a ``put`` per part plus the ``finishing`` requests of the upload."""
+        if size <= part_size:
+            return driver.write_requests(size)
+        parts = {"put": -(-size // part_size)}
+        return {kind: parts.get(kind, 0) + finishing.get(kind, 0) for kind in {*parts, *finishing}}
 
     def write(self, data: bytes) -> None:
         self._buffer += data

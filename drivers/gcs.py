@@ -42,6 +42,9 @@ UPLOAD_QUANTUM = 256 * 1024
 """Every resumable-upload chunk but the last is a multiple of this many bytes."""
 DEFAULT_CHUNK_SIZE = 8 * MIB
 DEFAULT_MAX_CONCURRENCY = 32
+SDK_MULTIPART_LIMIT = 8 * MIB
+"""google-cloud-storage uploads up to this many bytes in one request, larger ones resumably."""
+SDK_RESUMABLE_CHUNK = 100 * MIB
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 PAGE_SIZE = 1000
 TIMEOUT = (10, 120)
@@ -292,6 +295,17 @@ class GCSDriver(StorageDriver, ServerSideCopy):
 
     def writer(self, key: str) -> ChunkedWriter:
         return _ResumableWriter(self, check_key(key))
+
+    def write_requests(self, size: int) -> dict[str, int]:
+        """The SDK's one multipart upload up to its 8 MiB limit; above it, a resumable session
+        and a PUT per 100 MiB."""
+        if size <= SDK_MULTIPART_LIMIT:
+            return {"put": 1}
+        return {"put": 1 + -(-size // SDK_RESUMABLE_CHUNK)}
+
+    def writer_requests(self, size: int) -> dict[str, int]:
+        """One upload within a chunk; else the session's start and a PUT per chunk."""
+        return PartWriter.requests(self, size, self.chunk_size, {"put": 1})
 
     def can_copy_from(self, source: StorageDriver) -> bool:
         return isinstance(source, GCSDriver) and source._copy_identity == self._copy_identity

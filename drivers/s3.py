@@ -346,6 +346,11 @@ class S3Driver(StorageDriver, HashedServerSideCopy):
     def writer(self, key: str) -> ChunkedWriter:
         return _MultipartWriter(self, check_key(key))
 
+    def writer_requests(self, size: int) -> dict[str, int]:
+        """One PutObject below ``chunk_size``; else CreateMultipartUpload, a part per
+        ``chunk_size`` and CompleteMultipartUpload."""
+        return {"put": 1 if size < self.chunk_size else 2 + -(-size // self.chunk_size)}
+
     def delete(self, key: str) -> None:
         check_key(key)
         with suppress(NotFound):
@@ -370,6 +375,12 @@ class S3Driver(StorageDriver, HashedServerSideCopy):
 
     def hashes_copy(self, size: int) -> bool:
         return 0 <= size <= MAX_COPY_SIZE
+
+    def copy_requests(self, size: int, hashed: bool) -> dict[str, int]:
+        if hashed or size <= self.copy_threshold:
+            return {"copy": 1}
+        part_size = max(self.copy_chunk_size, -(-size // MAX_PARTS))
+        return {"put": 2, "copy": -(-size // part_size)}
 
     def copy_from_hashed(self, source: StorageDriver, key: str, size: int) -> HashedCopy:
         check_key(key)

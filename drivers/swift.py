@@ -409,6 +409,14 @@ class SwiftDriver(StorageDriver):
     def writer(self, key: str) -> ChunkedWriter:
         return _SegmentWriter(self, check_key(key))
 
+    def write_requests(self, size: int) -> dict[str, int]:
+        return {"put": 1, "head": 1} if size == 0 else {"put": 1}
+
+    def writer_requests(self, size: int) -> dict[str, int]:
+        """One plain PUT within a segment; else a PUT per segment, the manifest's PUT and the
+        HEAD that checks it."""
+        return PartWriter.requests(self, size, self.chunk_size, {"put": 1, "head": 1})
+
     def segment_directory(self, key: str) -> str:
         """A fresh segment directory for an upload to ``key`` (``swiftSegmentPath``)."""
         name = (("/" + key).encode() + secrets.token_bytes(RANDOM_BYTES)).hex() + EMPTY_SHA1

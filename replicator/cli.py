@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from replicator import demo, layout, logs
 from replicator.audit import AuditWriter, history, history_text
 from replicator.audit_shipping import ship_configured
 from replicator.barrier import BadReference, Barrier, BarrierError, parse_reference
+from replicator import plan as plan_module
 from replicator.engine import RunOptions, run_policy
 from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress, redraw
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--respect-windows", action="store_true",
                       help="leave out destinations outside their sync windows (for cron jobs); "
                            "by default sync runs into every destination")
+    sync.add_argument("--plan", metavar="PLAN.json",
+                      help="apply this saved plan and nothing else: only its tags, each only if "
+                           "the source still has the digest the plan recorded")
+
+    plan_parser = commands.add_parser(
+        "plan", help="show what a sync would copy, write and delete, its requests and its cost")
+    _config_argument(plan_parser)
+    plan_parser.add_argument("--policy", help="plan only the policy with this name")
+    _shard_argument(plan_parser)
+    plan_parser.add_argument("--json", action="store_true", help="print one JSON document")
+    plan_parser.add_argument("--out", metavar="PLAN.json",
+                             help="save the plan for `sync --plan` (the --json document)")
 
     serve = commands.add_parser(
         "serve", help="run policies on their schedules, take push notifications, serve metrics")
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return demo.run(args.workdir)
         command = {"sync": _sync, "serve": _serve, "status": _status, "verify": _verify,
-                   "history": _history, "wait": _wait}[args.command]
+                   "history": _history, "wait": _wait, "plan": _plan}[args.command]
         return command(args)
     except ConfigError as error:
         print(f"replicator: configuration error: {error}", file=sys.stderr)
@@ -159,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(args: argparse.Namespace) -> int:
     config = _load_config(args)
     policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    saved = plan_module.load_saved(args.plan, config) if args.plan else None
+    if saved is not None:
+        policies = [policy for policy in policies if policy.name in saved]
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     trail = AuditWriter(config.audit_log) if config.audit_log and not args.dry_run else None
     options = RunOptions.from_config(config, dry_run=args.dry_run, audit=args.audit,
@@ -174,7 +190,8 @@ def _sync(args: argparse.Namespace) -> int:
         recover_purges(config.regions, state)
     try:
         for policy in policies:
-            reports.extend(run_policy(config, policy, state, options))
+            planned = {} if saved is None else {"planned": saved[policy.name]}
+            reports.extend(run_policy(config, policy, state, replace(options, **planned)))
         outstanding = {name: [item.url for item in state.outstanding_purges(name)]
                        for name, region in config.regions.items() if region.cdn is not None}
         if trail is not None:
@@ -193,6 +210,20 @@ def _sync(args: argparse.Namespace) -> int:
     else:
         print(run_text(reports, duration, args.dry_run))
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    policies = [config.policy(args.policy)] if args.policy else list(config.policies)
+    document = plan_module.make_plan(config, policies,
+                                     RunOptions.from_config(config, shard=_shard(args)))
+    if args.out:
+        try:
+            Path(args.out).write_text(json.dumps(document, indent=2))
+        except OSError as error:
+            raise ConfigError("--out", f"cannot write {args.out}: {error.strerror}") from None
+    print(json.dumps(document, indent=2) if args.json else plan_module.text(document))
+    return EXIT_OK if document["ok"] else EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:

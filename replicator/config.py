@@ -23,6 +23,7 @@ from drivers.base import RequestCounter, StorageDriver, check_prefix
 from drivers.cdn.base import Purger
 from drivers.errors import ConfigError, InvalidKey
 from replicator import flavours
+from replicator.costs import REQUEST_CLASSES, PriceTable, Priced, Prices, Pricing
 from replicator.signatures import load_keys
 
 DEFAULT_CONCURRENCY = 8
@@ -199,6 +200,8 @@ class Config:
     """Incomplete uploads (of a process killed mid-copy) older than this are discarded."""
     audit_log: AuditLog | None = None
     """The ``audit:`` block: where changes applied to destinations are recorded."""
+    pricing: Pricing | None = None
+    """The prices ``replicator plan`` estimates costs with (``pricing:``), if any."""
 
     def policy(self, name: str) -> Policy:
         for policy in self.policies:
@@ -264,7 +267,7 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     ``base``; without ``clients``, regions get none (see :func:`load`)."""
     root = _mapping(document, "", {"state", "regions", "policies", "concurrency", "server",
                                    "audit_interval", "server_side_copy", "abandoned_uploads_after",
-                                   "audit"})
+                                   "audit", "pricing"})
     state = _mapping(root.get("state", {}), "state", {"path"})
     state_path = Path(_string(state.get("path", "replicator.db"), "state.path"))
     concurrency = _integer(root.get("concurrency", DEFAULT_CONCURRENCY), "concurrency", 1, 256)
@@ -275,9 +278,10 @@ def parse(document: object, base: Path = Path("."), clients: bool = True) -> Con
     regions = _regions(root.get("regions"), clients)
     policies = _policies(root.get("policies"), regions, base)
     audit_log = _audit_log(root["audit"], base, root["regions"]) if "audit" in root else None
+    pricing = _pricing(root["pricing"], base, regions) if "pricing" in root else None
     return Config(base / state_path, regions, policies, concurrency,
                   _server(root.get("server", {})), audit_interval, server_side_copy, abandoned,
-                  audit_log)
+                  audit_log, pricing)
 
 
 def _audit_log(value: object, base: Path, regions: dict) -> AuditLog:
@@ -542,6 +546,78 @@ def _artifact_settings(block: dict, field: str, base: Path) -> dict:
                                                             "travel with the images they sign)")
     return {"artifacts": artifacts, "signature_keys": keys,
             "artifact_types": _filter(block.get("artifact_types"), f"{field}.artifact_types")}
+
+def _pricing(value: object, base: Path, regions: dict[str, Region]) -> Pricing:
+    """``pricing:``: tables from ``file`` (or ``files``, relative to the configuration's
+    folder) and ``regions``, each configured region's entry inline or the name of a table
+    entry; a region not named there is priced by the table entry of its own name, if any."""
+    block = _mapping(value, "pricing", {"file", "files", "regions"})
+    if "file" in block and "files" in block:
+        raise ConfigError("pricing.files", "give file or files, not both")
+    paths = [block["file"]] if "file" in block else block.get("files", [])
+    if not isinstance(paths, list):
+        raise ConfigError("pricing.files", "must be a list of price table files")
+    fields = ["pricing.file"] if "file" in block else [f"pricing.files[{i}]" for i in range(len(paths))]
+    tables = [_price_table(base / _string(path, where), where) for path, where in zip(paths, fields)]
+    named = _mapping(block.get("regions", {}), "pricing.regions")
+    inline = {str(name): _prices(entry, f"pricing.regions.{name}")
+              for name, entry in named.items() if not isinstance(entry, str)}
+    if inline:
+        tables.append(PriceTable("config", inline))
+    priced = {}
+    for name, entry in named.items():
+        where = f"pricing.regions.{name}"
+        if name not in regions:
+            raise ConfigError(where, f"unknown region; defined: {', '.join(regions)}")
+        if not isinstance(entry, str):
+            priced[str(name)] = Priced(tables[-1], str(name), inline[str(name)])
+            continue
+        table = next((table for table in tables if table.path and entry in table.regions), None)
+        if table is None:
+            raise ConfigError(where, f"no price table has an entry {entry!r}")
+        priced[str(name)] = Priced(table, entry, table.regions[entry])
+    for name in regions:
+        table = next((table for table in tables if table.path and name in table.regions), None)
+        if name not in priced and table is not None:
+            priced[name] = Priced(table, name, table.regions[name])
+    return Pricing(tuple(tables), priced)
+
+
+def _price_table(path: Path, field: str) -> PriceTable:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(field, f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(field, f"{path}: invalid YAML") from None
+    block = _mapping(document, field, {"name", "taken", "sources", "currency", "note", "regions"})
+    sources = block.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(item, str) for item in sources):
+        raise ConfigError(f"{field}.sources", "must be a list of URLs")
+    regions = _mapping(block.get("regions"), f"{field}.regions")
+    return PriceTable(_string(block.get("name", path.stem), f"{field}.name"),
+                      {str(name): _prices(entry, f"{field}.regions.{name}")
+                       for name, entry in regions.items()},
+                      str(block["taken"]) if "taken" in block else None, tuple(sources),
+                      _string(block.get("currency", "USD"), f"{field}.currency"), str(path))
+
+
+def _prices(value: object, field: str) -> Prices:
+    block = _mapping(value, field, {"egress_per_gib", "requests_per_1000", "cdn_invalidation_path"})
+    egress = _mapping(block.get("egress_per_gib", {}), f"{field}.egress_per_gib")
+    requests = _mapping(block.get("requests_per_1000", {}), f"{field}.requests_per_1000",
+                        set(REQUEST_CLASSES))
+    return Prices({str(key): _price(price, f"{field}.egress_per_gib.{key}")
+                   for key, price in egress.items()},
+                  {key: _price(price, f"{field}.requests_per_1000.{key}")
+                   for key, price in requests.items()},
+                  _price(block.get("cdn_invalidation_path", 0), f"{field}.cdn_invalidation_path"))
+
+
+def _price(value: object, field: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigError(field, "must be a non-negative number (a price)")
+    return float(value)
 
 
 def _filter(value: object, field: str) -> Filter:

@@ -34,7 +34,7 @@ from drivers.retry import pause
 from replicator.budget import EgressBudget
 from replicator.endpoints.base import Destination, Endpoint
 from replicator.errors import ReplicationError
-from replicator.gate import Gate
+from replicator.gate import Copy, Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
 from replicator.throttle import TokenBucket
@@ -87,23 +87,34 @@ class BlobCopier:
             fresh = {blob.digest: blob for blob in blobs if blob.digest not in self._futures}
             if fresh and self.budget is not None:
                 self.budget.reserve(sum(max(blob.size, 0) for blob in fresh.values()))
-            return [self._ensure(blob.digest, lambda blob=blob: self._copy_blob(name, blob))
+            return [self._ensure(Copy(name, blob.digest, blob.size, self.route(blob)),
+                                 lambda blob=blob: self._copy_blob(name, blob))
                     for blob in blobs]
 
     def ensure_manifest(self, name: str, manifest: Manifest) -> Future:
-        return self._ensure(manifest.digest,
+        return self._ensure(Copy(name, manifest.digest, len(manifest.data), "manifest"),
                             lambda: self._write_manifest(name, manifest))
 
-    def _ensure(self, digest: str, copy) -> Future:
+    def _ensure(self, step: Copy, copy) -> Future:
         with self._lock:   # reentrant: ensure_blobs holds it
-            if digest not in self._futures:
-                if self.gate.allows(f"copy {digest}"):
-                    self._futures[digest] = self.pool.submit(copy)
+            if step.digest not in self._futures:
+                if self.gate.allows(step):
+                    self._futures[step.digest] = self.pool.submit(copy)
                 else:
-                    self._futures[digest] = Future()
-                    self._futures[digest].set_result(None)
-                return self._futures[digest]
-            return _shared(self._futures[digest])
+                    self._futures[step.digest] = Future()
+                    self._futures[step.digest].set_result(None)
+                return self._futures[step.digest]
+            return _shared(self._futures[step.digest])
+
+    def route(self, blob: Descriptor) -> str:
+        """How ``blob`` is to be copied: server-side ``hashed`` or ``plain``, or ``stream``
+        (also what a refused server-side copy falls back to)."""
+        mode = self._server_side
+        if mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size):
+            return "hashed"
+        if mode == "trusted" and blob.size >= 0:
+            return "plain"
+        return "stream"
 
     def _copy_blob(self, name: str, blob: Descriptor) -> int:
         """Copy a blob ``ensure_blobs`` admitted; its size. The budget gets back what a failure
@@ -121,11 +132,8 @@ class BlobCopier:
 
     def _transfer(self, name: str, blob: Descriptor) -> int:
         """Copy one blob server-side or streamed; its size."""
-        mode = self._server_side
-        if (mode == "verified" and blob.size >= 0 and self.destination.hashes_copy(blob.size)
-                and self._copy_server_side(name, blob, hashed=True)):
-            return blob.size
-        if mode == "trusted" and blob.size >= 0 and self._copy_server_side(name, blob, hashed=False):
+        route = self.route(blob)
+        if route != "stream" and self._copy_server_side(name, blob, hashed=route == "hashed"):
             return blob.size
         for reads in range(1, SOURCE_READS + 1):
             try:

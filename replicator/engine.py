@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,7 +43,7 @@ from replicator.errors import TAG_ERRORS, BudgetExhausted, ReplicationError, err
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
 from replicator.follow import Artifact, ArtifactFollower
-from replicator.gate import Gate
+from replicator.gate import Gate, Link, Purge, Removal, Step, TagMove
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
     Manifest,
@@ -51,6 +51,7 @@ from replicator.manifests import (
     parse_manifest,
 )
 from replicator.ordering import start_order
+from replicator.once import Once
 from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
@@ -100,6 +101,13 @@ class RunOptions:
     clock: Callable[[], float] = time.time
     respect_windows: bool = False
     force_delete: bool = False
+    observer: Callable[[DestinationPass], Callable[[Step], None]] | None = None
+    """In a dry run (``replicator plan``): called as each destination's pass is made; what it
+    returns is shown every step the pass's gate records."""
+    planned: Mapping[str, Mapping[tuple[str, str], str | None]] | None = None
+    """A saved plan being applied: by destination, the only tags a pass may change, each with
+    the digest it must still have at the source (``None``: planned for deletion). Other tags
+    are only compared; a planned tag found changed is skipped and reported (kind ``changed``)."""
 
     @classmethod
     def from_config(cls, config: Config, **options) -> RunOptions:
@@ -115,8 +123,7 @@ class SourceReader:
         self.snapshot = snapshot
         self.listed = listed
         """When the source listing began: changes noted later may be missing from it."""
-        self._lock = threading.Lock()
-        self._manifests: dict[str, Future] = {}
+        self._manifests = Once()
 
     def tag_digest(self, name: str, tag: str) -> str:
         digest = self.snapshot.tag_digest(name, tag)
@@ -139,17 +146,7 @@ class SourceReader:
     def manifest(self, name: str, digest: str) -> Manifest:
         """The parsed manifest; read once per pass even when tags ask for it concurrently
         (a failure is shared too). Raises ``TAG_ERRORS``."""
-        with self._lock:
-            future = self._manifests.get(digest)
-            reader = future is None
-            if reader:
-                future = self._manifests[digest] = Future()
-        if reader:
-            try:
-                future.set_result(self._read(name, digest))
-            except TAG_ERRORS as error:
-                future.set_exception(error)
-        return future.result()
+        return self._manifests.run(digest, lambda: self._read(name, digest))
 
     def _read(self, name: str, digest: str) -> Manifest:
         try:
@@ -177,13 +174,17 @@ class DestinationPass:
         self.options = options
         self.repository = repository
         self.report = PassReport(policy.name, policy.source, region.name)
-        self.gate = Gate(self.report, options.dry_run)
+        self.gate = Gate(self.report, options.dry_run,
+                         options.observer(self) if options.observer is not None else None)
         self.in_sync: set[tuple[str, str]] = set()
         self._reused: set[str] = set()
         self._lock = threading.Lock()
         self.artifacts = ArtifactFollower(policy, source, self._destination_digest,
                                           self._replicate_artifact, self.report,
                                           options.audit) if follows(policy) else None
+        self._steps = Once()
+        """Link steps several tags need (a shared layer's link): made once, the others wait."""
+        self.planned = None if options.planned is None else options.planned.get(region.name, {})
 
     def run(self) -> PassReport:
         started = time.time()
@@ -197,6 +198,9 @@ class DestinationPass:
         self.pending_since = self.state.pending(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
             self.options.on_pass(self.report, list(self.source_tags))
+        self._report_planned_tags_gone()
+        # the destination's tags as the pass began: a registry lists them now, as a plan does
+        held_tags = sorted(self.held.tags) if self.policy.delete else []
         workers = self.options.concurrency
         settings = self.policy.destination_settings(self.destination_name)
         self.budget = EgressBudget(self.state, self.policy.name, self.destination_name,
@@ -212,7 +216,7 @@ class DestinationPass:
         if self.repository is None:
             self.budget.note_waiting(sum(failure.kind == "budget" for failure in self.report.failures))
         if self.policy.delete:
-            self._delete_removed_tags()
+            self._delete_removed_tags(held_tags)
         if not self.options.dry_run:
             self._record(started)
             timeout = self.region.cdn.timeout if self.options.wait_for_purges and self.region.cdn else None
@@ -265,12 +269,15 @@ class DestinationPass:
                 return
             current = self._destination_digest(name, tag)
             changed = digest != current or self.options.audit
+            if changed and not self._planned(name, tag, digest):
+                return
             tree = self.source.manifest_tree(name, digest) if changed else None
             if changed and self.policy.signature_keys:
                 require_signature(self.source, name, digest, self.policy.signature_keys)
             came = self.artifacts.follow(name, tag, digest, tree) if self.artifacts is not None else ()
             if not changed:
-                self._complete_tag(name, tag, digest)
+                if self.planned is None:
+                    self._complete_tag(name, tag, digest)
                 self._done(name, tag, False, digest)
                 return
             moved = self._move(name, tag, digest, current, tree, came)
@@ -302,7 +309,10 @@ class DestinationPass:
     def _replicate_artifact(self, name: str, image_tag: str, artifact: Artifact) -> bool:
         """One artifact of ``name:image_tag``, as a tag of its own; whether anything changed."""
         if artifact.digest == artifact.current and not self.options.audit:
-            self._complete_tag(name, artifact.tag, artifact.digest)
+            if self.planned is None:
+                self._complete_tag(name, artifact.tag, artifact.digest)
+            return False
+        if not self._planned(name, artifact.tag, artifact.digest):
             return False
         plan = self._write(name, artifact.tag, artifact.digest, artifact.tree, artifact.current)
         if self.options.dry_run and not plan.empty:
@@ -352,6 +362,27 @@ class DestinationPass:
         entry = self.source.snapshot.tags.get((name, signature_tag(digest)))
         return entry is not None and entry.mtime > moment
 
+    def _planned(self, name: str, tag: str, digest: str) -> bool:
+        """Whether the pass may change the tag: always, unless it applies a saved plan; then
+        only a tag planned at ``digest`` (one planned otherwise is reported as changed)."""
+        if self.planned is None:
+            return True
+        if (name, tag) not in self.planned:
+            return False
+        expected = self.planned[(name, tag)]
+        if expected != digest:
+            self.report.fail(name, tag, f"changed at the source since the plan (planned "
+                                        f"{expected or 'for deletion'}, now {digest}): skipped",
+                             "changed")
+            return False
+        return True
+
+    def _report_planned_tags_gone(self) -> None:
+        for (name, tag), digest in sorted((self.planned or {}).items()):
+            if digest is not None and (name, tag) not in self.source_tags:
+                self.report.fail(name, tag, f"planned at {digest}, no longer at the source: "
+                                            f"skipped", "changed")
+
     def _complete_tag(self, name: str, tag: str, digest: str) -> None:
         """Make the step a tag already at the right digest still lacks (a pass stopped between
         its last two writes left it out). Known from the snapshot, so it costs no read."""
@@ -382,10 +413,10 @@ class DestinationPass:
             if self.held.made(step):
                 continue
             if step != plan.move:
-                self._make(step)
+                self._steps.run(step, lambda step=step: self._make(step))
                 continue
             with self._purging(plan.name, plan.tag):
-                token = self._make(step)
+                token = self._make(step, TagMove(plan.name, plan.tag, plan.digest, current))
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
                 self.state.record_made_tag(self.destination_name, plan.name, plan.tag, plan.digest)
@@ -409,9 +440,10 @@ class DestinationPass:
         self.state.record_replication(self.policy.name, self.destination_name, name, tag, digest,
                                       changed, time.time(), self.region.cdn is not None)
 
-    def _make(self, step: tuple[str, str]) -> str | None:
+    def _make(self, step: tuple[str, str], move: TagMove | None = None) -> str | None:
         """One step through the gate; its change token, ``None`` in a dry run."""
-        return self.held.apply(step) if self.gate.allows(self.held.describe(step)) else None
+        allowed = self.gate.allows(Link(step, self.held.describe(step), move))
+        return self.held.apply(step) if allowed else None
 
     @contextmanager
     def _purging(self, name: str, tag: str) -> Iterator[None]:
@@ -421,7 +453,7 @@ class DestinationPass:
             yield
             return
         urls = purge_urls(self.region.cdn.baseurls, name, tag)
-        if not all([self.gate.allows(f"purge {url}") for url in urls]):
+        if not all([self.gate.allows(Purge(url)) for url in urls]):
             yield
             return
         self.state.enqueue_purges(self.destination_name, urls)
@@ -430,12 +462,13 @@ class DestinationPass:
         finally:
             self.state.ready_purges(self.destination_name, urls)
 
-    def _delete_removed_tags(self) -> None:
+    def _delete_removed_tags(self, held_tags: list[tuple[str, str]]) -> None:
         """Delete what :func:`~replicator.deletions.plan_deletions` allows; above ``max_delete``
         tags, none (the pass fails with the reason) unless forced."""
-        gone = {(name, tag): self._destination_digest(name, tag) for name, tag in sorted(self.held.tags)
+        gone = {(name, tag): self._destination_digest(name, tag) for name, tag in held_tags
                 if (name, tag) not in self.source.snapshot.tags and policy_selects(self.policy, name, tag)
-                and self.options.shard.owns(name)}
+                and self.options.shard.owns(name)
+                and (self.planned is None or self.planned.get((name, tag), "") is None)}
         plan = plan_deletions(gone, self.state.made_tags(self.destination_name),
                               self.state.tag_absences(self.policy.name, self.destination_name),
                               self.options.clock(), self.policy.delete_delay)
@@ -451,7 +484,7 @@ class DestinationPass:
                 old = self._destination_digest(name, tag)
                 with self._purging(name, tag):
                     for step in self.held.tag_removal(name, tag):
-                        if self.gate.allows(f"delete {step[0]}"):
+                        if self.gate.allows(Removal(name, tag, step)):
                             self.held.remove(step)
             except StorageError as error:
                 self._failed(name, tag, "", error)
@@ -462,7 +495,7 @@ class DestinationPass:
                     self._changed(name, tag, old, None)
                 absences.pop((name, tag))
                 self.report.count("tags_deleted")
-        if not self.options.dry_run:
+        if not self.options.dry_run and self.planned is None:   # a saved plan sees only its own
             self.state.replace_tag_absences(self.policy.name, self.destination_name, absences,
                                             self.repository)
 

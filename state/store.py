@@ -265,6 +265,12 @@ class StateStore:
                                       pk=("policy", "destination"))
         return died
 
+    def unfinished_passes(self, policy: str) -> list[str]:
+        """The destinations of ``policy`` whose last full pass began and never ended."""
+        with self._lock:
+            return [row["destination"] for row in
+                    self.db.query("select destination from running where policy = ?", [policy])]
+
     def end_pass(self, policy: str, destination: str) -> None:
         with self._lock, self.db.conn:
             self.db.execute("delete from running where policy = ? and destination = ?",

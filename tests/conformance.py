@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from drivers import open_storage
-from drivers.base import CHUNK_SIZE, UNKNOWN_SIZE, ObjectTooLarge, ServerSideCopy, StorageDriver
+from drivers.base import (CHUNK_SIZE, UNKNOWN_SIZE, HashedServerSideCopy, ObjectTooLarge, ServerSideCopy,
+                          StorageDriver)
 from drivers.errors import ConfigError, InvalidKey, NotFound
 from drivers.filesystem import FilesystemDriver
 
@@ -306,6 +307,27 @@ class DriverConformance:
         assert requests_sent(driver, lambda: driver.delete("obj")) == delete
         assert requests_sent(driver, lambda: list(driver.list())) == {"list": 1}
 
+    @pytest.mark.parametrize("parts", [0, 0.5, 1, 1.25, 2.5], ids=["empty", "half-part", "one-part",
+                                                                "past-one-part", "parts"])
+    def test_writer_requests_are_what_the_driver_says(self, driver, parts):
+        size = int(parts * getattr(driver, "chunk_size", MIB)) + (17 if parts % 1 else 0)
+        data = os.urandom(size)
+
+        def upload():
+            with driver.writer("obj") as writer:
+                for start in range(0, size, CHUNK_SIZE):
+                    writer.write(data[start:start + CHUNK_SIZE])
+                writer.commit()
+
+        assert requests_sent(driver, upload) == {k: n for k, n in driver.writer_requests(size).items() if n}
+        assert driver.read("obj", limit=size) == data
+
+    @pytest.mark.parametrize("size", [0, len(LINK), 100_000])
+    def test_write_and_delete_requests_are_what_the_driver_says(self, driver, size):
+        assert requests_sent(driver, lambda: driver.write("obj", os.urandom(size))) == \
+            driver.write_requests(size)
+        assert requests_sent(driver, lambda: driver.delete("obj")) == driver.delete_requests()
+
     # --- optional: server-side copy -------------------------------------------------------
 
     @pytest.fixture
@@ -353,6 +375,16 @@ class DriverConformance:
             [(key, size, copied["etag"])]
         assert driver.stat(key).etag == copied["etag"]
         assert copy_source.read(key) == data
+
+    @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
+    def test_copy_requests_are_what_the_driver_says(self, driver, copy_source, hashed):
+        if hashed and not isinstance(driver, HashedServerSideCopy):
+            pytest.skip(f"the {driver.kind} driver has no hashed server-side copy")
+        size = 6 * MIB + 1
+        copy_source.write("obj", os.urandom(size))
+        copy = driver.copy_from_hashed if hashed else driver.copy_from
+        assert requests_sent(driver, lambda: copy(copy_source, "obj", size)) == \
+            driver.copy_requests(size, hashed)
 
     def test_copy_without_the_size_reads_no_bytes(self, driver, copy_source):
         data = os.urandom(100_000)

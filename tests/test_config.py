@@ -189,3 +189,56 @@ def test_status_needs_no_credentials_and_sync_names_the_missing_one(tmp_path):
     sync = run("sync")
     assert sync.returncode == 2
     assert "regions.a.registry.password" in sync.stderr and "REPLICATOR_TEST_UNSET_PASSWORD" in sync.stderr
+
+
+PRICE_TABLES = REPO_ROOT / "config" / "pricing"
+INLINE_PRICES = {"egress_per_gib": {"default": 0.02, "internet": 0.09, "eu-west": 0.01},
+                 "requests_per_1000": {"list": 0.005, "get": 0.0004, "put": 0.005},
+                 "cdn_invalidation_path": 0.005}
+
+
+def test_pricing_takes_tables_relative_to_the_config_and_inline_entries(tmp_path):
+    (tmp_path / "prices").mkdir()
+    (tmp_path / "prices" / "aws.yml").write_text((PRICE_TABLES / "aws.yml").read_text())
+    loaded = load(tmp_path, document(pricing={"file": "prices/aws.yml",
+                                              "regions": {"us-east": "us-east-1", "eu-west": INLINE_PRICES}}))
+    pricing = loaded.pricing
+    assert [(table.name, table.taken) for table in pricing.tables] == [("aws", "2024-06"), ("config", None)]
+    assert pricing.regions["us-east"].entry == "us-east-1"
+    assert pricing.regions["us-east"].prices.requests_per_1000["put"] == 0.005
+    assert pricing.regions["eu-west"].prices.egress_per_gib["eu-west"] == 0.01
+    assert pricing.egress_per_gib("us-east", "eu-west") == 0.09   # to another table: internet
+    assert pricing.egress_per_gib("eu-west", "us-east") == 0.09
+    assert load(tmp_path, document()).pricing is None
+
+
+def test_shipped_price_tables_load_and_name_their_date_and_pages(tmp_path):
+    for path in sorted(PRICE_TABLES.glob("*.yml")):
+        loaded = load(tmp_path, document(pricing={"file": str(path)}))
+        [table] = loaded.pricing.tables
+        assert table.taken and table.sources and table.regions, path
+        assert "EXAMPLES" in path.read_text()
+
+
+@pytest.mark.parametrize("pricing, field", [
+    ({"file": "missing.yml"}, "pricing.file"),
+    ({"files": "aws.yml"}, "pricing.files"),
+    ({"file": "a.yml", "files": []}, "pricing.files"),
+    ({"tables": []}, "pricing.tables"),
+    ({"regions": {"mars": INLINE_PRICES}}, "pricing.regions.mars"),
+    ({"regions": {"us-east": "no-such-entry"}}, "pricing.regions.us-east"),
+    ({"regions": {"us-east": {"egress_per_gib": {"default": -1}}}}, "pricing.regions.us-east.egress_per_gib.default"),
+    ({"regions": {"us-east": {"requests_per_1000": {"gett": 1}}}}, "pricing.regions.us-east.requests_per_1000.gett"),
+    ({"regions": {"us-east": {"requests_per_1000": {"put": "cheap"}}}}, "pricing.regions.us-east.requests_per_1000.put"),
+    ({"regions": {"us-east": {"cdn_invalidation_path": True}}}, "pricing.regions.us-east.cdn_invalidation_path"),
+    ({"regions": {"us-east": {"storage_per_gib": 1}}}, "pricing.regions.us-east.storage_per_gib"),
+    ({"regions": []}, "pricing.regions"),
+])
+def test_each_pricing_mistake_names_its_field(tmp_path, pricing, field):
+    assert error_of(tmp_path, document(pricing=pricing)).field == field
+
+
+def test_a_bad_price_table_file_names_its_field(tmp_path):
+    (tmp_path / "prices.yml").write_text("regions: {us-east-1: {requests_per_1000: {put: -5}}}")
+    error = error_of(tmp_path, document(pricing={"files": ["prices.yml"]}))
+    assert error.field == "pricing.files[0].regions.us-east-1.requests_per_1000.put"

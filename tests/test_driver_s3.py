@@ -307,3 +307,12 @@ def test_abandoned_uploads_under_the_prefix_are_swept_when_old_enough(s3, config
     assert driver.sweep_abandoned_uploads("blobs/", older_than=0) == 2  # moto dates them 2010
     left = [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=config["bucket"])["Uploads"]]
     assert left == ["registry/repositories/x/_uploads/1/data"]
+
+
+def test_multipart_copy_requests_are_what_the_driver_says(config, source):
+    driver = S3Driver.from_config({**config, **SMALL_COPY_PARTS})
+    size = 11 * MIB
+    source.write("blob", os.urandom(size))
+    assert driver.copy_requests(size, hashed=False) == {"put": 2, "copy": 3}
+    assert requests_sent(driver, lambda: driver.copy_from(source, "blob", size)) == {"put": 2, "copy": 3}
+    assert driver.copy_requests(size, hashed=True) == {"copy": 1}

@@ -42,6 +42,11 @@ class Purger(ABC):
         with self._lock:
             self.calls += n
 
+    def calls_for(self, urls: int) -> int:
+        """The API calls purging ``urls`` URLs takes when every batch is accepted at once.
+        This default: one call per batch of at most ``batch_size``."""
+        return -(-urls // self.batch_size)
+
     @classmethod
     @abstractmethod
     def from_config(cls, params: dict) -> Purger:

@@ -73,6 +73,10 @@ class FastlyPurger(Purger):
     def describe(self) -> str:
         return f"fastly:{self.service_id}"
 
+    def calls_for(self, urls: int) -> int:
+        """One call per URL by URL, one per batch by surrogate key."""
+        return urls if self.mode == "url" else super().calls_for(urls)
+
     def _post(self, url: str, **headers: str) -> None:
         headers = {"Fastly-Key": self._api_token, "Accept": "application/json", **headers}
         if self.soft:

@@ -59,6 +59,10 @@ class HttpPurger(Purger):
     def describe(self) -> str:
         return f"http:{','.join(self.nodes)}"
 
+    def calls_for(self, urls: int) -> int:
+        """One request per URL and node."""
+        return urls * len(self.nodes)
+
     def purge(self, urls: list[str], batch_id: str | None = None) -> None:
         targets = check_batch(self, urls)
         failures: list[PurgeError] = []

@@ -88,6 +88,15 @@ class DestinationSnapshot(Snapshot):
         """Make one of a plan's ``links`` steps; the new change token. Raises ``StorageError``."""
 
     @abstractmethod
+    def step_requests(self, step: tuple[str, str], uploads: Mapping[str, str]) -> dict[str, int]:
+        """The requests :meth:`apply` of ``step`` sends when nothing fails, by kind; no request.
+        ``uploads`` maps each blob this pass uploads to the repository it goes into."""
+
+    @abstractmethod
+    def removal_requests(self, step: tuple[str, str]) -> dict[str, int]:
+        """The requests :meth:`remove` of ``step`` sends when nothing fails; no request."""
+
+    @abstractmethod
     def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
         """The step still missing for a tag already at ``digest`` (a pass stopped between its
         last two writes), known from the listing; ``None`` when nothing is missing."""
@@ -183,6 +192,15 @@ class Destination(Endpoint):
         """Store the blob from ``chunks`` (``size`` bytes, ``-1`` if unknown), visible only once
         complete; memory bounded by a chunk. An exception raised by ``chunks`` (the caller's
         check of the bytes) leaves nothing visible and propagates. Raises ``StorageError``."""
+
+    @abstractmethod
+    def write_requests(self, size: int, manifest: bool = False) -> dict[str, int]:
+        """The requests :meth:`blob_write` (``manifest``: :meth:`manifest_write`) of ``size``
+        bytes sends when nothing fails, by kind; no request."""
+
+    @abstractmethod
+    def copy_requests(self, size: int, hashed: bool) -> dict[str, int]:
+        """The requests here of :meth:`blob_copy_from` of ``size`` bytes when nothing fails."""
 
     @abstractmethod
     def blob_delete(self, name: str, digest: str) -> None:

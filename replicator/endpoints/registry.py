@@ -33,6 +33,7 @@ from replicator import layout
 from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoint,
                                        Selection, Snapshot)
 from replicator.manifests import Manifest
+from replicator.once import Once
 from replicator.planner import TagPlan, is_foreign
 
 HEAD_CONCURRENCY = 8
@@ -142,6 +143,12 @@ class RegistryEndpoint(Destination):
     def blob_delete(self, name: str, digest: str) -> None:
         raise StorageError(f"{self.describe()}: blobs are never deleted through the API")
 
+    def write_requests(self, size: int, manifest: bool = False) -> dict[str, int]:
+        return {"put": 1} if manifest else self.client.upload_requests(size)
+
+    def copy_requests(self, size: int, hashed: bool) -> dict[str, int]:
+        raise TypeError("a registry destination copies no blob server-side from another endpoint")
+
     def copy_ability(self, source: Endpoint) -> str:
         return ""
 
@@ -182,6 +189,8 @@ class RegistryDestination(DestinationSnapshot):
         self._sizes: dict[tuple[str, str], int | None] = {}
         self._manifests: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        self._heads = Once()
+        """Each HEAD once, however many tags ask at the same time."""
 
     @property
     def tags(self) -> Mapping[tuple[str, str], ObjectInfo]:
@@ -202,14 +211,16 @@ class RegistryDestination(DestinationSnapshot):
     def _size(self, name: str, digest: str, manifest: bool = False) -> int | None:
         """The size of a blob (or manifest) in ``name``; ``None`` when it is not there."""
         if (name, digest) not in self._sizes:
-            if manifest:
-                info = self.client.manifest_head(name, digest)
-                size = None if info is None else info.size
-            else:
-                size = self.client.blob_head(name, digest)
+            size = self._heads.run((name, digest), lambda: self._head(name, digest, manifest))
             with self._lock:
                 self._sizes.setdefault((name, digest), size)
         return self._sizes[(name, digest)]
+
+    def _head(self, name: str, digest: str, manifest: bool) -> int | None:
+        if manifest:
+            info = self.client.manifest_head(name, digest)
+            return None if info is None else info.size
+        return self.client.blob_head(name, digest)
 
     def holdings(self, name: str, digests: Iterable[str]) -> Mapping[str, int]:
         sizes = {digest: self._size(name, digest) for digest in set(digests)}
@@ -301,6 +312,18 @@ class RegistryDestination(DestinationSnapshot):
                                f"into {name} from {home}; the next pass uploads it")
         if self.state is not None:
             self.state.record_blob_home(self.endpoint.name, digest, home or name)
+
+    def step_requests(self, step: tuple[str, str], uploads: Mapping[str, str]) -> dict[str, int]:
+        """A manifest or tag is one ``PUT``; a blob uploaded into another repository (or
+        known to be held by one from an earlier run) is one mount; one uploaded here, none."""
+        what, digest = step
+        kind, _, where = what.partition(" ")
+        if kind != "blob":
+            return {"put": 1}
+        return {} if uploads.get(digest, self._home(digest)) in (None, where) else {"copy": 1}
+
+    def removal_requests(self, step: tuple[str, str]) -> dict[str, int]:
+        return {"delete": 1}
 
     def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
         return None

@@ -76,6 +76,12 @@ class StorageEndpoint(Destination):
     def blob_delete(self, name: str, digest: str) -> None:
         self.storage.delete(layout.blob_key(digest))
 
+    def write_requests(self, size: int, manifest: bool = False) -> dict[str, int]:
+        return self.storage.write_requests(size) if manifest else self.storage.writer_requests(size)
+
+    def copy_requests(self, size: int, hashed: bool) -> dict[str, int]:
+        return self.storage.copy_requests(size, hashed)
+
     def copy_ability(self, source: Endpoint) -> str:
         if not (isinstance(source, StorageEndpoint) and isinstance(self.storage, ServerSideCopy)
                 and self.storage.can_copy_from(source.storage)):
@@ -153,6 +159,12 @@ class StorageSnapshot(DestinationSnapshot):
         if not isinstance(layout.parse_key(key), layout.TagCurrent):
             self.inventory.links.add(key)
         return etag
+
+    def step_requests(self, step: tuple[str, str], uploads: Mapping[str, str]) -> dict[str, int]:
+        return self.endpoint.storage.write_requests(len(layout.link_bytes(step[1])))
+
+    def removal_requests(self, step: tuple[str, str]) -> dict[str, int]:
+        return self.endpoint.storage.delete_requests()
 
     def complete_tag(self, name: str, tag: str, digest: str) -> tuple[str, str] | None:
         key = layout.tag_index_key(name, tag, digest)
