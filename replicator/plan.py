@@ -29,6 +29,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from drivers.errors import ConfigError
+from replicator.budget import deferred, remaining
 from replicator.config import Config, Policy
 from replicator.costs import REQUEST_CLASSES, estimate
 from replicator.engine import DestinationPass, RunOptions, run_policy
@@ -56,7 +57,12 @@ class PassRecorder:
         self.purges: set[str] = set()
         self.uploads: dict[str, str] = {}
         self.manifest_bytes = 0
+        self.budget_left: int | None = None
+        """What the destination's egress budget still allows this period (``None``: no budget)."""
         self._lock = threading.Lock()
+        self._copying = threading.local()
+        """Bytes the copies of the tag this thread is planning add (a tag's copies and its
+        move are recorded on the thread that replicates it)."""
 
     def __call__(self, step: Step) -> None:
         with self._lock:
@@ -66,6 +72,8 @@ class PassRecorder:
         endpoint = self.destination_pass.destination
         held = self.destination_pass.held
         wrote = self.requests[self.destination]
+        if isinstance(step, Copy):
+            self._copying.bytes = getattr(self._copying, "bytes", 0) + step.size
         if isinstance(step, Copy) and step.route == "manifest":
             wrote.update(endpoint.write_requests(step.size, manifest=True))
             self.manifest_bytes += step.size
@@ -87,11 +95,13 @@ class PassRecorder:
                 move = step.move
                 self.tags.append({"repository": move.repository, "tag": move.tag,
                                   "action": "create" if move.previous is None else "move",
-                                  "digest": move.digest, "previous": move.previous})
+                                  "digest": move.digest, "previous": move.previous,
+                                  "new_bytes": getattr(self._copying, "bytes", 0)})
+                self._copying.bytes = 0
         elif isinstance(step, Removal):
             wrote.update(held.removal_requests(step.step))
             entry = {"repository": step.name, "tag": step.tag, "action": "delete",
-                     "digest": None, "previous": None}
+                     "digest": None, "previous": None, "new_bytes": 0}
             if entry not in self.tags:
                 self.tags.append(entry)
         elif isinstance(step, Purge):
@@ -182,7 +192,12 @@ def _dry_run(config: Config, policies: list[Policy], options: RunOptions,
         try:
             for policy in policies:
                 notes.extend(_unfinished_passes(state, policy))
-                reports.extend(run_policy(config, policy, state, options))
+                policy_reports = run_policy(config, policy, state, options)
+                for report in policy_reports:
+                    if id(report) in recorders:
+                        recorders[id(report)].budget_left = remaining(
+                            state, policy, report.destination, options.clock())
+                reports.extend(policy_reports)
             queued = {name: {item.url for item in state.outstanding_purges(name)}
                       for name, region in config.regions.items() if region.cdn is not None}
         finally:
@@ -197,7 +212,21 @@ def _pass_entry(report: PassReport, recorder: PassRecorder | None) -> dict:
     entry["manifest_bytes"] = recorder.manifest_bytes if recorder else 0
     entry["egress_bytes"] = report.bytes_copied + report.server_side_bytes
     entry["purge_urls"] = len(recorder.purges) if recorder else 0
+    entry["budget"] = _budget_entry(recorder)
     return entry
+
+
+def _budget_entry(recorder: PassRecorder | None) -> dict | None:
+    """What the destination's egress budget would defer: the tags, in the order the pass
+    would make them, that would wait for the next period (as a pass at concurrency 1 admits
+    them); ``None`` without a budget."""
+    if recorder is None or recorder.budget_left is None:
+        return None
+    made = [tag for tag in recorder.tags if tag["action"] != "delete"]
+    waiting = deferred(recorder.budget_left,
+                       {(tag["repository"], tag["tag"]): tag["new_bytes"] for tag in made})
+    return {"left": recorder.budget_left,
+            "deferred": [{"repository": name, "tag": tag} for name, tag in waiting]}
 
 
 def _unfinished_passes(state: StateStore, policy: Policy) -> list[str]:
@@ -262,6 +291,12 @@ def text(document: dict) -> str:
         lines.append(egress)
         if entry["purge_urls"]:
             lines.append(f"  purges     {entry['purge_urls']} URLs")
+        if entry["budget"] is not None:
+            deferred_tags = entry["budget"]["deferred"]
+            lines.append(f"  budget     {human_size(entry['budget']['left'])} left this period: "
+                         f"{len(deferred_tags)} tags would wait for the next"
+                         + "".join(f"\n    waits  {tag['repository']}:{tag['tag']}"
+                                   for tag in deferred_tags[:TEXT_TAGS]))
         for tag in entry["tags"][:TEXT_TAGS]:
             lines.append(f"    {tag['action']:<6} {tag['repository']}:{tag['tag']}"
                          + (f" {tag['digest']}" if tag["digest"] else ""))

@@ -226,3 +226,38 @@ def test_scheduled_passes_wait_for_the_window_push_passes_only_if_strict(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert [entry["destination"] for entry in json.loads(result.stdout)["passes"]] == ["closed", "open"]
     assert layout.parse_link(closed.read(layout.tag_current_key("apps/app", "1"))) == image.digest
+
+
+def test_plan_shows_what_the_budget_defers_and_sync_then_defers_exactly_that(tmp_path):
+    images = {("apps/app", f"t{n}"): raw_image(MiB, 20 + n) for n in range(10)}
+    for (name, tag), image in images.items():
+        publish(FilesystemDriver(str(tmp_path / "primary")), name, tag, image)
+    budget = int(3.5 * MiB)
+    doc = document(tmp_path, [{"region": "replica", "egress_budget": {"bytes": budget, "per": "1d"}}],
+                   {"replica": reg.filesystem_storage(tmp_path / "replica")})
+    doc["concurrency"] = 1
+    path = tmp_path / "replicator.yml"
+    path.write_text(yaml.safe_dump(doc))
+
+    def run(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicator", *arguments, "--config", str(path)],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+
+    planned = run("plan", "--json")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    [entry] = json.loads(planned.stdout)["passes"]
+    assert entry["budget"]["left"] == budget
+    deferred_tags = [(tag["repository"], tag["tag"]) for tag in entry["budget"]["deferred"]]
+    assert len(deferred_tags) == 6
+    text = run("plan").stdout
+    assert "budget     3.5 MiB left this period: 6 tags would wait for the next" in text
+    assert all(f"    waits  {name}:{tag}" in text for name, tag in deferred_tags)
+
+    synced = run("sync", "--json")
+    assert synced.returncode == 1
+    [report] = json.loads(synced.stdout)["passes"]
+    assert sorted((f["repository"], f["tag"]) for f in report["failures"]
+                  if f["kind"] == "budget") == sorted(deferred_tags)
+    [after] = json.loads(run("plan", "--json").stdout)["passes"]
+    assert after["budget"]["left"] == 0
+    assert sorted((t["repository"], t["tag"]) for t in after["budget"]["deferred"]) == sorted(deferred_tags)
