@@ -9,6 +9,7 @@ found through the ``sha256-<hex>`` fallback index tag).
 - ``attach``: cosign's ``.att`` (a DSSE envelope) and ``.sbom`` tags.
 - ``refer``: an oras / cosign v3 referrer: a manifest with ``subject`` and ``artifactType`` and
   the empty config, pushed by digest, and the fallback index tag listing every referrer.
+- ``primary_registry``: the source registry the end-to-end tests push to.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from tests import registry as reg
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -182,3 +188,19 @@ def descriptor(api: Api, repository: str, reference: str) -> dict:
     assert response.status_code == 200, response.text
     return {"mediaType": response.headers["Content-Type"].split(";")[0],
             "digest": digest_of(response.content), "size": len(response.content)}
+
+
+@contextmanager
+def primary_registry(tmp: Path) -> Iterator[tuple[dict, dict, list, Api]]:
+    """Registry A (Debian's docker-registry) on the filesystem storage ``tmp/primary``, the
+    storage of a ``tmp/local`` region, the list of services to stop (A first; a test appends
+    the ones it starts) and a client of A. Every service in the list is stopped at the end."""
+    primary = reg.filesystem_storage(tmp / "primary")
+    services = [reg.start_registry(primary, tmp / "logs")]
+    api = Api(services[0].url)
+    try:
+        yield primary, reg.filesystem_storage(tmp / "local"), services, api
+    finally:
+        api.close()
+        for service in services:
+            service.stop()

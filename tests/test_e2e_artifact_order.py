@@ -76,13 +76,9 @@ class Reader:
 @pytest.fixture(scope="module")
 def ordering(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifact-order")
-    primary = reg.filesystem_storage(tmp / "primary")
-    local = reg.filesystem_storage(tmp / "local")
-    services = [reg.start_registry(primary, tmp / "logs")]
-    a = services[0].url
-    api = sc.Api(a)
-    key = sc.new_key()
-    try:
+    with sc.primary_registry(tmp) as (primary, local, services, api):
+        a = services[0].url
+        key = sc.new_key()
         reg.push(a, REPO, "v1", OLD, tmp / "work")
         sc.sign(api, REPO, OLD.digest, key)
         services += [reg.start_registry(reg.filesystem_storage(tmp / "c"), tmp / "logs"),
@@ -125,10 +121,6 @@ def ordering(tmp_path_factory):
             listed = api.tags(REPO)
         yield {"first": first, "second": second, "readers": readers, "expected": expected,
                "unchanged": unchanged, "listed": listed}
-    finally:
-        api.close()
-        for service in services:
-            service.stop()
 
 
 def test_slowed_pass_replicates_images_and_artifacts(ordering):
@@ -167,13 +159,9 @@ def test_no_change_pass_from_a_registry_source_heads_each_tag_once(ordering):
 @pytest.fixture(scope="module")
 def fragile(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifact-failure")
-    primary = reg.filesystem_storage(tmp / "primary")
-    local = reg.filesystem_storage(tmp / "local")
-    services = [reg.start_registry(primary, tmp / "logs")]
-    a = services[0].url
-    api = sc.Api(a)
-    key = sc.new_key()
-    try:
+    with sc.primary_registry(tmp) as (primary, local, services, api):
+        a = services[0].url
+        key = sc.new_key()
         reg.push(a, REPO, "v1", FRAGILE_OLD, tmp / "work")
         reg.push(a, REPO, "v9", LATE, tmp / "work")
         sc.sign(api, REPO, FRAGILE_OLD.digest, key)
@@ -198,10 +186,6 @@ def fragile(tmp_path_factory):
         yield {"first": first, "second": second, "window": window, "after": after,
                "late": late, "signature": signature, "b": sc.Api(services[2].url),
                "c": sc.Api(services[1].url)}
-    finally:
-        api.close()
-        for service in services:
-            service.stop()
 
 
 def verify(config: Path) -> tuple[int, dict]:

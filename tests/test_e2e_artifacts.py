@@ -60,11 +60,8 @@ def fallback(digest: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifacts")
-    primary = reg.filesystem_storage(tmp / "primary")
-    services = [reg.start_registry(primary, tmp / "logs")]
-    a = services[0].url
-    api = sc.Api(a)
-    try:
+    with sc.primary_registry(tmp) as (primary, local, services, api):
+        a = services[0].url
         for tag, image in (("v1", V1), ("v2", V2), ("dev", DEV)):
             reg.push(a, REPO, tag, image, tmp / "work")
         key = sc.new_key()
@@ -90,7 +87,7 @@ def world(tmp_path_factory):
         dev_referrer, _ = sc.refer(api, REPO, DEV.manifest.descriptor(), sc.SPDX, b'{"spdx": "dev"}')
         source_artifacts = artifact_tags(api)
         regions = {"primary": {"storage": primary},
-                   "local": {"storage": reg.filesystem_storage(tmp / "local")},
+                   "local": {"storage": local},
                    "plain": {"storage": reg.filesystem_storage(tmp / "plain")},
                    "typed": {"storage": reg.filesystem_storage(tmp / "typed")}}
         services.append(reg.start_registry(reg.filesystem_storage(tmp / "c"), tmp / "logs"))
@@ -126,10 +123,6 @@ def world(tmp_path_factory):
                "c": sc.Api(services[1].url), "plain": sc.Api(services[3].url),
                "typed": sc.Api(services[4].url), "sboms": {
                    fallback(V1.digest), fallback(V2.children[1].digest), f"{fallback(sbom)}.sig"}}
-    finally:
-        api.close()
-        for service in services:
-            service.stop()
 
 
 def test_the_source_holds_every_kind_of_artifact(world):

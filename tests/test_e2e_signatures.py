@@ -47,14 +47,10 @@ def status(config) -> dict:
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("signatures")
-    primary = reg.filesystem_storage(tmp / "primary")
-    local = reg.filesystem_storage(tmp / "local")
-    services = [reg.start_registry(primary, tmp / "logs")]
-    a = services[0].url
-    api = sc.Api(a)
-    keys = {kind: sc.new_key(kind) for kind in ("ecdsa", "rsa", "ed25519")}
-    stranger = sc.new_key()
-    try:
+    with sc.primary_registry(tmp) as (primary, local, services, api):
+        a = services[0].url
+        keys = {kind: sc.new_key(kind) for kind in ("ecdsa", "rsa", "ed25519")}
+        stranger = sc.new_key()
         for tag, image in IMAGES.items():
             reg.push(a, REPO, tag, image, tmp / "work")
         sc.sign(api, REPO, IMAGES["s1"].digest, keys["ecdsa"])
@@ -93,10 +89,6 @@ def gated(tmp_path_factory):
         services.append(reg.start_registry(local, tmp / "logs"))
         yield {"first": first, "held": held, "second": second, "backoff": backoff,
                "metrics": metrics, "b": sc.Api(services[2].url), "c": sc.Api(services[1].url)}
-    finally:
-        api.close()
-        for service in services:
-            service.stop()
 
 
 def failures(document: dict) -> dict[str, dict[str, tuple[str, str]]]:

@@ -104,14 +104,21 @@ def test_the_token_bucket_shares_one_rate_between_callers():
 
 # --- egress budget -----------------------------------------------------------------------------
 
-def test_the_budget_stops_new_copies_at_the_limit_and_resumes_in_the_next_period(tmp_path):
-    images = {("apps/app", f"t{n}"): raw_image(MiB, n) for n in range(10)}
+def budgeted(tmp_path: Path, seed: int) -> tuple[dict, int, dict]:
+    """Ten tags of about 1 MiB each at the source, and a document replicating them at
+    concurrency 1 into ``replica`` under a budget of 3.5 MiB a day: its images, budget, document."""
+    images = {("apps/app", f"t{n}"): raw_image(MiB, seed + n) for n in range(10)}
     for (name, tag), image in images.items():
         publish(FilesystemDriver(str(tmp_path / "primary")), name, tag, image)
     budget = int(3.5 * MiB)
     doc = document(tmp_path, [{"region": "replica", "egress_budget": {"bytes": budget, "per": "1d"}}],
                    {"replica": reg.filesystem_storage(tmp_path / "replica")})
     doc["concurrency"] = 1
+    return images, budget, doc
+
+
+def test_the_budget_stops_new_copies_at_the_limit_and_resumes_in_the_next_period(tmp_path):
+    images, budget, doc = budgeted(tmp_path, 0)
     config = load(tmp_path, doc)
     policy = config.policies[0]
     tag_bytes = max(sum(len(blob.data) for blob in image.all_blobs()) for image in images.values())
@@ -229,13 +236,7 @@ def test_scheduled_passes_wait_for_the_window_push_passes_only_if_strict(tmp_pat
 
 
 def test_plan_shows_what_the_budget_defers_and_sync_then_defers_exactly_that(tmp_path):
-    images = {("apps/app", f"t{n}"): raw_image(MiB, 20 + n) for n in range(10)}
-    for (name, tag), image in images.items():
-        publish(FilesystemDriver(str(tmp_path / "primary")), name, tag, image)
-    budget = int(3.5 * MiB)
-    doc = document(tmp_path, [{"region": "replica", "egress_budget": {"bytes": budget, "per": "1d"}}],
-                   {"replica": reg.filesystem_storage(tmp_path / "replica")})
-    doc["concurrency"] = 1
+    _, budget, doc = budgeted(tmp_path, 20)
     path = tmp_path / "replicator.yml"
     path.write_text(yaml.safe_dump(doc))
 
