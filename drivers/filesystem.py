@@ -28,6 +28,7 @@ from drivers.errors import AccessDenied, ConfigError, InvalidKey, NotFound, Stor
 DEFAULT_ROOT = "/var/lib/registry"
 TEMP_DIR = ".replicator-tmp"
 PAGE_SIZE = 1000
+REMEMBERED_DIRECTORIES = 4096
 
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
@@ -82,6 +83,7 @@ class FilesystemDriver(StorageDriver):
         super().__init__()
         self.root = os.path.realpath(root)
         self._temp = os.path.join(self.root, TEMP_DIR)
+        self._real_directories: set[str] = set()
 
     @classmethod
     def from_config(cls, params: dict) -> FilesystemDriver:
@@ -104,9 +106,34 @@ class FilesystemDriver(StorageDriver):
         if key.split("/", 1)[0] == TEMP_DIR:
             raise InvalidKey(f"invalid key {key!r}: {TEMP_DIR} is the driver's temporary area")
         path = os.path.join(self.root, key)
-        if os.path.commonpath([self.root, os.path.realpath(path)]) != self.root:
+        if (not self._free_of_symlinks(path)
+                and os.path.commonpath([self.root, os.path.realpath(path)]) != self.root):
             raise InvalidKey(f"invalid key {key!r}: resolves outside {self.root}")
         return path
+
+    def _free_of_symlinks(self, path: str) -> bool:
+        """Whether no component of ``path`` below the root is a symbolic link (missing ones are
+        not). Directories found real are remembered, a bounded number, so a key usually costs
+        one ``lstat`` of itself and of its own new directory instead of a ``realpath`` of every
+        component; only a key that passes through a symbolic link is resolved in full."""
+        unchecked = []
+        candidate = path
+        while candidate != self.root and candidate not in self._real_directories:
+            try:
+                mode = os.lstat(candidate).st_mode
+                if stat_mode.S_ISLNK(mode):
+                    return False
+                if stat_mode.S_ISDIR(mode) and candidate != path:
+                    unchecked.append(candidate)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError:
+                return False
+            candidate = os.path.dirname(candidate)
+        if len(self._real_directories) + len(unchecked) > REMEMBERED_DIRECTORIES:
+            self._real_directories.clear()
+        self._real_directories.update(unchecked)
+        return True
 
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)

@@ -56,6 +56,24 @@ def test_symlinks_out_of_the_root_are_not_followed(tmp_path, root):
     assert sorted(os.listdir(outside)) == ["secret"]
 
 
+def test_a_directory_seen_real_vouches_for_no_symlink_below_it(tmp_path, root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    driver = FilesystemDriver(str(root))
+    driver.write("repo/real/data", b"x")
+    (root / "repo" / "linked").symlink_to(outside)
+    (root / "repo" / "real" / "linked-file").symlink_to(outside / "secret")
+    (root / "repo" / "inside").symlink_to(root / "repo" / "real")
+    for key in ("repo/linked/secret", "repo/real/linked-file"):
+        with pytest.raises(InvalidKey):
+            driver.read(key)
+    with pytest.raises(InvalidKey):
+        driver.write("repo/linked/planted", b"x")
+    assert driver.read("repo/inside/data") == b"x"
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
 def test_temp_area_is_neither_listed_nor_addressable(root):
     (root / TEMP_DIR).mkdir()
     (root / TEMP_DIR / "crash-leftover").write_bytes(b"half a blob")
