@@ -65,13 +65,24 @@ def _publish(temp: str, path: str) -> None:
     parent = os.path.dirname(path)
     while True:
         try:
-            os.makedirs(parent, exist_ok=True)
+            _make_directory(parent)
             os.replace(temp, path)
             break
         except FileNotFoundError:
             if not os.path.exists(temp):
                 raise
     _fsync_directory(parent)
+
+
+def _make_directory(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` in one ``mkdir`` when only ``path`` itself may be
+    missing, as for nearly every key (makedirs first probes each parent)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
 
 
 class FilesystemDriver(StorageDriver):
@@ -236,8 +247,11 @@ class _FileWriter(ChunkedWriter):
         self._driver, self._key, self._path = driver, key, path
         self._temp = os.path.join(driver._temp, uuid.uuid4().hex)
         with _os_errors("write", key):
-            os.makedirs(driver._temp, exist_ok=True)
-            self._file = open(self._temp, "xb")
+            try:
+                self._file = open(self._temp, "xb")
+            except FileNotFoundError:
+                _make_directory(driver._temp)
+                self._file = open(self._temp, "xb")
 
     def write(self, data: bytes) -> None:
         with _os_errors("write", self._key):
