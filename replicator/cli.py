@@ -21,18 +21,15 @@ from replicator import config as config_module
 from replicator import demo, layout, logs
 from replicator.audit import AuditWriter, history, history_text
 from replicator.audit_shipping import ship_configured
-from replicator.barrier import BadReference, Barrier, BarrierError, parse_reference
 from replicator import plan as plan_module
 from replicator.engine import RunOptions, run_policy
 from replicator.flavours import resolve_all_flavours
 from replicator.progress import Progress, redraw
 from replicator.purging import recover_purges
 from replicator.report import PassReport, run_document, run_text
-from replicator.service import Service
 from replicator.sharding import Shard, parse_shard
 from replicator.status import destination_statuses, status_text
 from replicator.verify import verify_policy
-from replicator.web import WebServer
 from state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -257,6 +254,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from replicator.service import Service
+    from replicator.web import WebServer
     config = _load_config(args)
     resolve_all_flavours(config)
     shard = _shard(args)
@@ -310,6 +309,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
+    from replicator.barrier import BadReference, Barrier, BarrierError, parse_reference
     timeout = config_module.duration(args.timeout, "--timeout", allow_zero=True)
     interval = config_module.duration(args.interval, "--interval")
     try:

@@ -5,7 +5,8 @@ image's repository: each layer of media type ``application/vnd.dev.cosign.simple
 is a simple-signing JSON payload whose ``critical.image.docker-manifest-digest`` names the
 digest, signed by the base64 signature in the layer's ``dev.cosignproject.cosign/signature``
 annotation: ECDSA (P-256, SHA-256) or RSA (PKCS#1 v1.5, SHA-256) over the payload's SHA-256,
-Ed25519 over the payload itself. Verification is by :mod:`cryptography`.
+Ed25519 over the payload itself. Verification is by :mod:`cryptography`, imported when first
+needed: a configuration that trusts no key never loads it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from typing import TYPE_CHECKING
 
 from drivers.errors import ConfigError
 from replicator.errors import TAG_ERRORS, ReplicationError, Unsigned
@@ -30,7 +28,10 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 MAX_PAYLOAD = 64 * 1024
 """Payloads larger than this are not read (cosign's are a few hundred bytes)."""
 
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
 def signature_tag(digest: str) -> str:
@@ -48,6 +49,9 @@ def load_keys(entries: object, field: str, base: Path = Path(".")) -> tuple[Publ
 
 
 def _load_key(entry: object, field: str, base: Path) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if not isinstance(entry, str) or not entry.strip():
         raise ConfigError(field, "must be a PEM public key or the path of one")
     if "-----BEGIN" in entry:
@@ -63,7 +67,8 @@ def _load_key(entry: object, field: str, base: Path) -> PublicKey:
         raise ConfigError(field, "is not a PEM public key") from None
     if isinstance(key, ec.EllipticCurvePublicKey) and not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(field, "is an elliptic-curve key not on P-256")
-    if not isinstance(key, PublicKey):
+    if not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey,
+                            ed25519.Ed25519PublicKey)):
         raise ConfigError(field, "must be an ECDSA P-256, RSA or Ed25519 public key")
     return key
 
@@ -92,6 +97,10 @@ def names_digest(payload: bytes, digest: str) -> bool:
 
 
 def verifies(key: PublicKey, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
