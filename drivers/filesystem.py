@@ -10,6 +10,14 @@ Distribution 2.8 and 3.x lay files out alike (``fullPath``: the path joined to
 ``<path>.<uuid>.tmp`` beside it and renames it over, so a listing may show such siblings for a
 moment: they are no registry key and are never replicated. Neither version looks outside
 ``docker/``, so this driver's temporary area is invisible to both.
+
+Durability is at least Distribution's own. Its filesystem driver
+(``registry/storage/driver/filesystem/driver.go`` at v2.8.3) fsyncs a file's bytes when a
+writer commits or closes (``fileWriter.Commit``: flush, then ``File.Sync``), ``PutContent``
+included, and moves an upload into place with ``MkdirAll`` and a rename, syncing no directory.
+This driver fsyncs every file's bytes before its rename, so a blob is on disk before any link
+that refers to it is written and links before the tag's ``current/link`` (callers write in
+that order), and it also fsyncs the directory that receives the new name.
 """
 
 from __future__ import annotations
