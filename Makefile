@@ -12,4 +12,4 @@ setup:
 
 # A prerequisite, not a first recipe line, so PYTHON is chosen after setup has run.
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
