@@ -10,7 +10,7 @@ The executor copies every blob and manifest blob before the first link.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 
 from replicator import layout
@@ -45,6 +45,15 @@ def is_foreign(descriptor: Descriptor) -> bool:
     return bool(descriptor.urls) and any(m in descriptor.media_type for m in FOREIGN_MARKERS)
 
 
+def bottom_up(manifests: Mapping[str, Manifest], digest: str) -> Iterator[Manifest]:
+    """The manifest at ``digest`` and every manifest below it, each after its children (in
+    write order; a child two parents share comes twice). A missing one raises ``KeyError``."""
+    manifest = manifests[digest]
+    for child in manifest.children:
+        yield from bottom_up(manifests, child.digest)
+    yield manifest
+
+
 def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest],
              present_blobs: Container[str], present_links: Container[str],
              current: str | None = None) -> TagPlan:
@@ -65,10 +74,7 @@ def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest]
         if key not in present_links and (key, target) not in links:
             links.append((key, target))
 
-    def visit(manifest_digest: str) -> None:
-        manifest = manifests[manifest_digest]
-        for child in manifest.children:
-            visit(child.digest)
+    for manifest in bottom_up(manifests, digest):
         for blob in manifest.blobs:
             if is_foreign(blob):
                 continue
@@ -83,7 +89,6 @@ def plan_tag(name: str, tag: str, digest: str, manifests: Mapping[str, Manifest]
             needed_manifests.setdefault(manifest.digest, manifest)
         need_link(layout.revision_link_key(name, manifest.digest), manifest.digest)
 
-    visit(digest)
     move = (layout.tag_current_key(name, tag), digest) if current != digest else None
     if move:
         links.append(move)

@@ -34,7 +34,7 @@ from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoin
                                        Selection, Snapshot)
 from replicator.manifests import Manifest
 from replicator.once import Once
-from replicator.planner import TagPlan, is_foreign
+from replicator.planner import TagPlan, bottom_up, is_foreign
 
 HEAD_CONCURRENCY = 8
 """Manifest HEADs in flight while a snapshot resolves tags to digests."""
@@ -236,10 +236,7 @@ class RegistryDestination(DestinationSnapshot):
             if step not in steps:
                 steps.append(step)
 
-        def visit(manifest_digest: str) -> None:
-            manifest = tree[manifest_digest]
-            for child in manifest.children:
-                visit(child.digest)
+        for manifest in bottom_up(tree, digest):
             for blob in manifest.blobs:
                 if is_foreign(blob):
                     continue
@@ -256,7 +253,6 @@ class RegistryDestination(DestinationSnapshot):
             else:
                 need((f"manifest {name}", manifest.digest))
 
-        visit(digest)
         move = (f"tag {name}:{tag}", digest) if current != digest else None
         if move:
             steps.append(move)
