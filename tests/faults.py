@@ -37,7 +37,9 @@ query without upload ids) gets a fault, which one and how it is cut, is a pure f
 ``kinds`` limits faults to requests of some kinds (``list``, ``get``, ``head``, ``put``,
 ``copy``, ``delete``), ``where`` to requests a predicate accepts, ``limit`` to a number of faults.
 ``requests`` and ``faults`` count requests by kind and faults injected by fault kind;
-``events`` is every request with the fault it got; ``lost_uploads`` holds the ids of the
+``events`` is every request with the fault it got, ``finished`` (index for index) when the proxy
+was done with it (its answer sent or its connection broken), ``most_in_flight`` the most
+requests the proxy held at once; ``lost_uploads`` holds the ids of the
 multipart uploads created upstream whose creation response the client never received.
 """
 
@@ -203,6 +205,9 @@ class FaultProxy:
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.events: list[Event] = []
+        self.finished: list[float | None] = []
+        self.most_in_flight = 0
+        self._in_flight = 0
         self.lost_uploads: list[str] = []
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -287,8 +292,8 @@ class FaultProxy:
             with suppress(OSError):
                 client.close()
 
-    def _decide(self, request: Request) -> tuple[str | None, random.Random]:
-        """Count the request and draw its fault, if any."""
+    def _decide(self, request: Request) -> tuple[str | None, random.Random, int]:
+        """Count the request and draw its fault, if any; the third value is its event's index."""
         with self._lock:
             kind, identity = self.protocol.kind(request), self.protocol.identity(request)
             self.requests[kind] += 1
@@ -304,11 +309,23 @@ class FaultProxy:
                 self.faults[fault] += 1
             self.events.append(Event(kind, fault, request.method, request.target,
                                      request.header("range"), time.monotonic()))
-            return fault, rng
+            self.finished.append(None)
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+            return fault, rng, len(self.events) - 1
 
     def _handle(self, request: Request, client: socket.socket) -> bool:
         """Answer one request; return whether the client connection stays open."""
-        fault, rng = self._decide(request)
+        fault, rng, index = self._decide(request)
+        try:
+            return self._answer(request, client, fault, rng)
+        finally:
+            with self._lock:
+                self.finished[index] = time.monotonic()
+                self._in_flight -= 1
+
+    def _answer(self, request: Request, client: socket.socket, fault: str | None,
+                rng: random.Random) -> bool:
         if fault in _ERRORS:
             client.sendall(_error_response(request, *_ERRORS[fault]))
             return True

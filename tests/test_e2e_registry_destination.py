@@ -129,11 +129,16 @@ def complete(client: RegistryClient, repository: str, image: si.Image) -> bool:
     return True
 
 
+CONCURRENCY = 2
+"""The throttling test's blob workers, and as many tag workers."""
+
+
 def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early(tmp_path):
     """Registry D behind a proxy answering 30% of requests with 429 (``Retry-After: 1``) or
-    503: the passes converge; after a 429 the replicator's requests to D wait (at most the
-    requests already under way arrive within the second); a reader of D, straight, never sees
-    a tag before everything a pull of it needs."""
+    503: the passes converge; after a 429 the replicator's requests to D wait (within the second
+    only the requests already under way arrive, at most one from each other blob or tag
+    worker), then one request goes alone and the next only after its answer; a reader of D,
+    straight, never sees a tag before everything a pull of it needs."""
     primary = reg.filesystem_storage(tmp_path / "primary")
     with reg.start_registry(primary, tmp_path / "logs") as a:
         for (repository, tag), image in TAGS.items():
@@ -142,7 +147,7 @@ def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early
             FaultProxy(d.url, seed=11, rate=0.3, faults=["throttle", "error503"],
                        protocol=REGISTRY) as proxy:
         config = write_config(tmp_path / "replicator.yml", {
-            "state": {"path": str(tmp_path / "state.db")}, "concurrency": 2,
+            "state": {"path": str(tmp_path / "state.db")}, "concurrency": CONCURRENCY,
             "regions": {"primary": {"storage": primary}, "d": {"registry": {"url": proxy.url}}},
             "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
         reader = RegistryClient.from_config({"url": d.url})
@@ -178,9 +183,13 @@ def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early
         assert codes[-1] == 0, codes
         assert early == [] and checks[0] > 0
         assert proxy.faults["throttle"] > 0 and proxy.faults["error503"] > 0
-        for throttled in (event for event in proxy.events if event.fault == "throttle"):
-            soon = [e for e in proxy.events if throttled.at < e.at < throttled.at + 0.9]
-            assert len(soon) <= 2, (throttled, soon)   # the requests already under way
+        events, finished = proxy.events, proxy.finished
+        for throttled in (event for event in events if event.fault == "throttle"):
+            soon = [e for e in events if throttled.at < e.at < throttled.at + 0.9]
+            assert len(soon) < 2 * CONCURRENCY, (throttled, soon)  # one under way per other worker
+            later = [n for n, e in enumerate(events) if e.at >= throttled.at + 0.9][:2]
+            if len(later) == 2:   # the probe alone, then the next once its answer came back
+                assert events[later[1]].at >= finished[later[0]], (throttled, events[later[0]])
         for (repository, tag), image in TAGS.items():
             assert reg.manifest_digest(d.url, repository, tag) == image.digest
     print(f"\nthrottling registry destination: sync exit codes {codes}; faults {dict(proxy.faults)};"

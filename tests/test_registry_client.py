@@ -431,6 +431,29 @@ def test_a_429_holds_back_every_request_to_the_host(registry):
     assert counts(client) == {"head": 3}
 
 
+def test_after_a_throttle_one_request_goes_first_and_the_rest_follow_its_answer(registry):
+    """Five requests waiting out a 429 do not arrive together when it ends: one goes alone, the
+    others only once its answer came back."""
+    with FaultProxy(registry.url, rate=1.0, faults=["throttle"], limit=1, protocol=REGISTRY) as proxy:
+        client = RegistryClient.from_config({"url": proxy.url})
+        names = [f"waiting{n}/app" for n in range(5)]
+        first = threading.Thread(target=client.manifest_head, args=(names[0], "v1"))
+        first.start()
+        while not proxy.faults:
+            time.sleep(0.005)
+        others = [threading.Thread(target=client.manifest_head, args=(name, "v1"))
+                  for name in names[1:]]
+        for thread in others:
+            thread.start()
+        for thread in (first, *others):
+            thread.join()
+    events, finished = proxy.events, proxy.finished
+    assert [event.fault for event in events] == ["throttle"] + [None] * 5
+    assert events[1].at - events[0].at >= 1.0
+    assert all(event.at >= finished[1] for event in events[2:])
+    assert counts(client) == {"head": 6}
+
+
 def test_throttling_is_waited_out_per_host(registry, tmp_path):
     """Repeatable: the images' digests, and so the requests and the faults they draw, are the
     same in every run (the registry is new, so nothing is there before)."""

@@ -3,7 +3,8 @@
 Every request goes through :meth:`Session.send`, which
 
 - waits for its host: a 429 (or a 503 with ``Retry-After``) from a host makes every request
-  to that host wait out the back-off of :data:`HOST_BACKOFF`, which honours ``Retry-After``;
+  to that host wait out the back-off of :data:`HOST_BACKOFF`, which honours ``Retry-After``,
+  and then lets one request go first to see whether the host takes requests again;
   ``requests_per_second`` spaces a host's requests evenly;
 - sends the registry's ``Authorization`` only to the registry's own host (never to the blob
   storage a redirect leads to), and after a 401 learns the challenge and sends once more;
@@ -31,7 +32,7 @@ import contextlib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -78,33 +79,66 @@ class InsufficientScope(AccessDenied):
 
 
 class _Host:
-    """One host's shared back-off and request spacing."""
+    """One host's shared back-off and request spacing.
+
+    A throttling answer (429, or 503 with ``Retry-After``) blocks the host for
+    :data:`HOST_BACKOFF`'s delay. When the block ends, one request goes alone (the probe); the
+    others follow once its answer shows the host takes requests again, and a throttled probe
+    blocks the host for longer. An answer to a request sent before the latest throttle was known
+    neither clears nor lengthens the back-off beyond its own ``Retry-After``.
+    """
 
     def __init__(self, interval: float) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._interval = interval
         self._next_slot = 0.0
         self._blocked_until = 0.0
         self._throttled = 0
+        self._epoch = 0
+        self._probing = False
 
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._blocked_until, self._next_slot)
-            self._next_slot = start + self._interval
-        if start > now:
-            time.sleep(start - now)
+    def send(self, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """``send()`` once this host takes a request; its answer recorded."""
+        probe, epoch = self._turn()
+        try:
+            response = send()
+        except BaseException:
+            self._answered(probe, epoch, None)
+            raise
+        self._answered(probe, epoch, response)
+        return response
 
-    def record(self, response: httpx.Response) -> None:
-        delay = retry_after(response.headers.get("Retry-After"))
-        throttled = response.status_code == 429 or (response.status_code == 503 and delay is not None)
-        with self._lock:
-            if not throttled:
-                self._throttled = 0
-                return
-            self._throttled += 1
-            until = time.monotonic() + HOST_BACKOFF.delay(self._throttled, delay)
-            self._blocked_until = max(self._blocked_until, until)
+    def _turn(self) -> tuple[bool, int]:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                ready = max(self._blocked_until, self._next_slot)
+                if ready > now:
+                    self._changed.wait(ready - now)
+                elif self._probing:
+                    self._changed.wait()
+                else:
+                    break
+            self._probing = self._throttled > 0
+            self._next_slot = now + self._interval
+            return self._probing, self._epoch
+
+    def _answered(self, probe: bool, epoch: int, response: httpx.Response | None) -> None:
+        with self._changed:
+            if probe:
+                self._probing = False
+            if response is not None:
+                delay = retry_after(response.headers.get("Retry-After"))
+                current = epoch == self._epoch
+                if response.status_code == 429 or (response.status_code == 503 and delay is not None):
+                    if current:
+                        self._throttled += 1
+                        self._epoch += 1
+                    until = time.monotonic() + HOST_BACKOFF.delay(self._throttled, delay)
+                    self._blocked_until = max(self._blocked_until, until)
+                elif current:
+                    self._throttled = 0
+            self._changed.notify_all()
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -256,13 +290,12 @@ class Session:
         if scopes is not None:
             sent.update(self._credentials.header(scopes))
         request = self._http.build_request(method, url, headers=sent, content=content, params=params)
-        host = self._host(url)
-        host.wait()
-        self.requests.add(kind)
         with self.translating(self.where(method, url)):
-            response = self._http.send(request, stream=stream)
-        host.record(response)
-        return response
+            return self._host(url).send(lambda: self._counted(kind, request, stream))
+
+    def _counted(self, kind: str, request: httpx.Request, stream: bool) -> httpx.Response:
+        self.requests.add(kind)
+        return self._http.send(request, stream=stream)
 
     def call(self, method: str, url: str, *, kind: str, scopes: tuple[str, ...] = (),
              statuses: tuple[int, ...] = (200,), **options) -> httpx.Response:
@@ -291,9 +324,7 @@ class Session:
                      headers: dict[str, str]) -> httpx.Response:
         parts = urlsplit(realm)
         where = f"{self.describe()}: token request GET {parts.netloc}{parts.path}"
-        host = self._host(realm)
-        host.wait()
         with self.translating(where):
-            response = self._http.get(realm, params=params, headers=headers)
-        host.record(response)
+            response = self._host(realm).send(
+                lambda: self._http.get(realm, params=params, headers=headers))
         return self.expect(response, (200,), where)
