@@ -39,7 +39,7 @@ UNKNOWN_SIZE = -1
 """``ObjectInfo.size`` of a listed object whose size the listing does not tell."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """One object as a listing or a stat sees it.
 

@@ -16,6 +16,7 @@ Names, tags and digests follow Distribution's grammar; anything else raises ``La
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 ROOT = "docker/registry/v2/"
@@ -156,13 +157,14 @@ def parse_key(key: str) -> Entry | None:
     match = _REPO_KEY.fullmatch(rest)
     if not match or not _NAME.fullmatch(match["name"]) or len(match["name"]) > NAME_MAX:
         return None
-    name = match["name"]
+    name = sys.intern(match["name"])
     if match["layer"]:
         return LayerLink(name, "sha256:" + match["layer"])
     if match["revision"]:
         return RevisionLink(name, "sha256:" + match["revision"])
-    if not _TAG.fullmatch(match["tag"]):
+    tag = match["tag"]
+    if not _TAG.fullmatch(tag):
         return None
     if match["index"]:
-        return TagIndex(name, match["tag"], "sha256:" + match["index"])
-    return TagCurrent(name, match["tag"])
+        return TagIndex(name, sys.intern(tag), "sha256:" + match["index"])
+    return TagCurrent(name, sys.intern(tag))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ class StateStore:
             self.flush()
             rows = self.db.query("select repository, tag, etag, digest from tag_links where region = ?",
                                  [region])
-            return {(row["repository"], row["tag"]): TagLink(row["etag"], row["digest"]) for row in rows}
+            intern = sys.intern
+            return {(intern(row["repository"]), intern(row["tag"])):
+                    TagLink(row["etag"], intern(row["digest"])) for row in rows}
 
     def record_tag_link(self, region: str, repository: str, tag: str, etag: str, digest: str) -> None:
         """Remember that ``region``'s link for the tag had ``etag`` and held ``digest``."""

@@ -157,7 +157,7 @@ class StorageSnapshot(DestinationSnapshot):
         key, digest = step
         etag = self.endpoint.storage.write(key, layout.link_bytes(digest))
         if not isinstance(layout.parse_key(key), layout.TagCurrent):
-            self.inventory.links.add(key)
+            self.inventory.add_link(key)
         return etag
 
     def step_requests(self, step: tuple[str, str], uploads: Mapping[str, str]) -> dict[str, int]:
@@ -175,7 +175,7 @@ class StorageSnapshot(DestinationSnapshot):
 
     def tag_removal(self, name: str, tag: str) -> list[tuple[str, str]]:
         return [(layout.tag_current_key(name, tag), ""),
-                *((key, "") for key in self.inventory.tag_index_keys.get((name, tag), []))]
+                *((key, "") for key in self.inventory.tag_index_keys(name, tag))]
 
     def remove(self, step: tuple[str, str]) -> None:
         self.endpoint.storage.delete(step[0])
