@@ -37,9 +37,10 @@ query without upload ids) gets a fault, which one and how it is cut, is a pure f
 ``kinds`` limits faults to requests of some kinds (``list``, ``get``, ``head``, ``put``,
 ``copy``, ``delete``), ``where`` to requests a predicate accepts, ``limit`` to a number of faults.
 ``requests`` and ``faults`` count requests by kind and faults injected by fault kind;
-``events`` is every request with the fault it got, ``finished`` (index for index) when the proxy
-was done with it (its answer sent or its connection broken), ``most_in_flight`` the most
-requests the proxy held at once; ``lost_uploads`` holds the ids of the
+``events`` is every request with the fault it got, ``answered`` (index for index) when the proxy
+began its answer (sent the response head, or the whole made-up answer, or broke the
+connection): a client that waits for an answer can send nothing caused by it earlier;
+``most_in_flight`` is the most requests the proxy held at once; ``lost_uploads`` holds the ids of the
 multipart uploads created upstream whose creation response the client never received.
 """
 
@@ -205,7 +206,7 @@ class FaultProxy:
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.events: list[Event] = []
-        self.finished: list[float | None] = []
+        self.answered: list[float | None] = []
         self.most_in_flight = 0
         self._in_flight = 0
         self.lost_uploads: list[str] = []
@@ -309,7 +310,7 @@ class FaultProxy:
                 self.faults[fault] += 1
             self.events.append(Event(kind, fault, request.method, request.target,
                                      request.header("range"), time.monotonic()))
-            self.finished.append(None)
+            self.answered.append(None)
             self._in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self._in_flight)
             return fault, rng, len(self.events) - 1
@@ -318,14 +319,19 @@ class FaultProxy:
         """Answer one request; return whether the client connection stays open."""
         fault, rng, index = self._decide(request)
         try:
-            return self._answer(request, client, fault, rng)
+            return self._answer(request, client, fault, rng, index)
         finally:
+            self._note_answer(index)
             with self._lock:
-                self.finished[index] = time.monotonic()
                 self._in_flight -= 1
 
+    def _note_answer(self, index: int) -> None:
+        with self._lock:
+            if self.answered[index] is None:
+                self.answered[index] = time.monotonic()
+
     def _answer(self, request: Request, client: socket.socket, fault: str | None,
-                rng: random.Random) -> bool:
+                rng: random.Random, index: int) -> bool:
         if fault in _ERRORS:
             client.sendall(_error_response(request, *_ERRORS[fault]))
             return True
@@ -349,6 +355,7 @@ class FaultProxy:
                     self._break(client, reader, request, response, fault, rng)
                     return False
                 client.sendall(response.head)
+                self._note_answer(index)
                 for piece in _body(reader, response):
                     client.sendall(piece)
         finally:

@@ -183,13 +183,13 @@ def test_a_throttling_registry_destination_converges_and_never_shows_a_tag_early
         assert codes[-1] == 0, codes
         assert early == [] and checks[0] > 0
         assert proxy.faults["throttle"] > 0 and proxy.faults["error503"] > 0
-        events, finished = proxy.events, proxy.finished
+        events, answered = proxy.events, proxy.answered
         for throttled in (event for event in events if event.fault == "throttle"):
             soon = [e for e in events if throttled.at < e.at < throttled.at + 0.9]
             assert len(soon) < 2 * CONCURRENCY, (throttled, soon)  # one under way per other worker
             later = [n for n, e in enumerate(events) if e.at >= throttled.at + 0.9][:2]
             if len(later) == 2:   # the probe alone, then the next once its answer came back
-                assert events[later[1]].at >= finished[later[0]], (throttled, events[later[0]])
+                assert events[later[1]].at >= answered[later[0]], (throttled, events[later[0]])
         for (repository, tag), image in TAGS.items():
             assert reg.manifest_digest(d.url, repository, tag) == image.digest
     print(f"\nthrottling registry destination: sync exit codes {codes}; faults {dict(proxy.faults)};"

@@ -414,21 +414,21 @@ def test_requests_per_second_spaces_the_requests_to_a_host(registry):
 
 
 def test_a_429_holds_back_every_request_to_the_host(registry):
-    """A 429 to one request (in a thread) makes another request, sent meanwhile for something
+    """A 429 to one request (in a thread) makes another request, sent afterwards for something
     else, wait out the ``Retry-After`` too."""
-    with FaultProxy(registry.url, rate=1.0, faults=["throttle"], limit=1, protocol=REGISTRY,
-                    where=lambda request: "/first/" in request.path) as proxy:
+    with FaultProxy(registry.url, rate=1.0, faults=["throttle"], limit=1, protocol=REGISTRY) as proxy:
         client = RegistryClient.from_config({"url": proxy.url})
-        first = threading.Thread(target=client.manifest_head, args=("first/app", "v1"))
+        answers = []
+        first = threading.Thread(target=lambda: answers.append(client.send(
+            "HEAD", client.endpoint("/v2/first/app/manifests/v1"), kind="head")))
         first.start()
-        while not proxy.faults:
-            time.sleep(0.005)
-        assert client.manifest_head("second/app", "v1") is None
         first.join()
-    throttled = next(event for event in proxy.events if event.fault == "throttle")
-    second = next(event for event in proxy.events if "/second/" in event.target)
+        assert answers[0].status_code == 429
+        assert client.manifest_head("second/app", "v1") is None
+    throttled, second = proxy.events
+    assert throttled.fault == "throttle" and "/second/" in second.target
     assert second.at - throttled.at >= 1.0
-    assert counts(client) == {"head": 3}
+    assert counts(client) == {"head": 2}
 
 
 def test_after_a_throttle_one_request_goes_first_and_the_rest_follow_its_answer(registry):
@@ -436,21 +436,18 @@ def test_after_a_throttle_one_request_goes_first_and_the_rest_follow_its_answer(
     others only once its answer came back."""
     with FaultProxy(registry.url, rate=1.0, faults=["throttle"], limit=1, protocol=REGISTRY) as proxy:
         client = RegistryClient.from_config({"url": proxy.url})
-        names = [f"waiting{n}/app" for n in range(5)]
-        first = threading.Thread(target=client.manifest_head, args=(names[0], "v1"))
-        first.start()
-        while not proxy.faults:
-            time.sleep(0.005)
-        others = [threading.Thread(target=client.manifest_head, args=(name, "v1"))
-                  for name in names[1:]]
-        for thread in others:
+        url = client.endpoint("/v2/first/app/manifests/v1")
+        assert client.send("HEAD", url, kind="head").status_code == 429
+        waiting = [threading.Thread(target=client.manifest_head, args=(f"waiting{n}/app", "v1"))
+                   for n in range(5)]
+        for thread in waiting:
             thread.start()
-        for thread in (first, *others):
+        for thread in waiting:
             thread.join()
-    events, finished = proxy.events, proxy.finished
+    events, answered = proxy.events, proxy.answered
     assert [event.fault for event in events] == ["throttle"] + [None] * 5
     assert events[1].at - events[0].at >= 1.0
-    assert all(event.at >= finished[1] for event in events[2:])
+    assert all(event.at >= answered[1] for event in events[2:])
     assert counts(client) == {"head": 6}
 
 
