@@ -673,13 +673,18 @@ class Bench:
     def table(self) -> str:
         header = ["backend", "scenario", "measure", *COLUMNS, "ours/rclone=c", "ours/best rclone",
                   "target", "met"]
-        body = [[row.backend, row.scenario, row.measure, *(row.cells.get(c, "") for c in COLUMNS),
-                 row.ratio, row.best, row.target, row.met] for row in self.rows]
-        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                 for line in (header, *body)]
-        lines.insert(1, "  ".join("-" * width for width in widths))
-        return "\n".join(lines)
+        return format_table(header, [[row.backend, row.scenario, row.measure,
+                                      *(row.cells.get(c, "") for c in COLUMNS),
+                                      row.ratio, row.best, row.target, row.met] for row in self.rows])
+
+
+def format_table(header: list[str], body: list[list[str]]) -> str:
+    """Plain-text columns, left-aligned, a rule under the header."""
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in (header, *body)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
 
 
 def many_keys(root: Path, keys: int) -> int:
@@ -726,14 +731,22 @@ def many_keys(root: Path, keys: int) -> int:
     return tags
 
 
-def machine() -> str:
-    rclone = subprocess.run([RCLONE, "version"], capture_output=True, text=True).stdout.splitlines()
+def machine(tools: tuple[tuple[str, ...], ...] = ((RCLONE, "version"),)) -> str:
+    """nproc, CPU model, Python, the first line each of ``tools`` (version commands) prints,
+    and the replicator's commit."""
+    versions = []
+    for argv in tools:
+        try:
+            lines = subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()
+        except OSError:
+            lines = []
+        versions.append(lines[0] if lines else f"{Path(argv[0]).name} not found")
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())
     commit = subprocess.run(["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     return (f"machine: nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, "
-            f"{rclone[0] if rclone else 'rclone not found'}, replicator at {commit or 'unknown'}")
+            f"{', '.join(versions)}, replicator at {commit or 'unknown'}")
 
 
 def main(argv: list[str] | None = None) -> int:
