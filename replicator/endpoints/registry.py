@@ -41,7 +41,7 @@ from replicator.once import Once
 from replicator.planner import TagPlan, bottom_up, is_foreign
 
 HEAD_CONCURRENCY = 8
-"""Manifest HEADs in flight while a snapshot resolves tags to digests."""
+"""Tag lists, then manifest HEADs, in flight while a snapshot resolves tags to digests."""
 _GLOB = frozenset("*?[")
 
 
@@ -93,9 +93,10 @@ class RegistryEndpoint(Destination):
         names = [repository] if repository else self.repositories()
         if wanted is not None:
             names = [name for name in names if wanted.repository(name)]
-        tags = [(name, tag) for name in names for tag in self.tag_names(name)
-                if wanted is None or wanted.tag(name, tag)]
         with ThreadPoolExecutor(HEAD_CONCURRENCY, "manifest-head") as pool:
+            listed = list(pool.map(self.tag_names, names))
+            tags = [(name, tag) for name, found in zip(names, listed) for tag in found
+                    if wanted is None or wanted.tag(name, tag)]
             infos = list(pool.map(lambda key: self.client.manifest_head(*key), tags))
         seen = time.time()
         entries = {key: ObjectInfo(f"{key[0]}:{key[1]}", info.size, info.digest, seen)
