@@ -243,6 +243,7 @@ class Bench:
     def no_change(self, kept: dict[str, tuple[Counted, Path]]) -> None:
         args, tags = self.args, len(self.registry.tags)
         walls: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+        cpus: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         counts: dict[str, tuple] = {}
         actions = {"ours": lambda: self.ours(*kept["ours"]),
                    "skopeo": lambda: self.skopeo(*kept["skopeo"])}
@@ -258,10 +259,12 @@ class Bench:
                         raise RuntimeError(f"ours: not a no-change pass: {result.stdout[-2000:]}")
                     counts["json"] = report["requests"]
                 walls[tool].append(result.wall)
+                cpus[tool].append(result.cpu)
                 counts[tool] = (at_a, at_dst)
         for tool in TOOLS:
             self.verify(tool, kept[tool][0])
         self.timing("no change", f"wall s (median of {args.runs})", walls, target=0.5)
+        self.timing("no change", "CPU s user+sys (median)", cpus)
         self.requests("no change", counts)
 
     # -- the table ---------------------------------------------------------------------------
