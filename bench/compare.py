@@ -749,22 +749,32 @@ def machine(tools: tuple[tuple[str, ...], ...] = ((RCLONE, "version"),)) -> str:
             f"{', '.join(versions)}, replicator at {commit or 'unknown'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def registry_arguments(parser: argparse.ArgumentParser, *, tags: int, repositories: int,
+                       size_note: str = "", peer: str) -> None:
+    """The flags every comparison takes: the generated registry (``--size``, ``--tags``,
+    ``--repositories``, ``--seed``), ``--runs`` and ``--concurrency`` (``peer`` says what it
+    sets for the other tool)."""
     parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
-                        help="total blob bytes of the registry (default 200MiB; moto holds it in memory)")
-    parser.add_argument("--tags", type=int, default=1000, help="tags (default 1000)")
-    parser.add_argument("--repositories", type=int, default=50, help="repositories (default 50)")
+                        help=f"total blob bytes of the registry (default 200MiB{size_note})")
+    parser.add_argument("--tags", type=int, default=tags, help=f"tags (default {tags})")
+    parser.add_argument("--repositories", type=int, default=repositories,
+                        help=f"repositories (default {repositories})")
     parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
     parser.add_argument("--concurrency", type=int, default=8,
-                        help="the replicator's concurrency and rclone's --transfers (default 8)")
+                        help=f"the replicator's concurrency and {peer} (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    registry_arguments(parser, tags=1000, repositories=50, size_note="; moto holds it in memory",
+                       peer="rclone's --transfers")
     parser.add_argument("--only", choices=("fs", "s3"), help="one backend only")
     parser.add_argument("--s3-size", type=registry_gen.parse_size,
                         help="the S3 registry's size if not --size (moto holds it in memory)")
     parser.add_argument("--s3-tags", type=int,
                         help="the S3 registry's tags if not --tags (moto lists slowly: rclone's "
                              "per-directory listings cost it time quadratic in the keys)")
-    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
     parser.add_argument("--moved-layers", type=int, default=2, help="new layers of the moved tag (k)")
     parser.add_argument("--moved-layer-size", type=registry_gen.parse_size, default=MIB,
                         help="size of each new layer of the moved tag (default 1MiB)")

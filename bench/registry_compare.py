@@ -31,7 +31,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import registry_gen  # noqa: E402
-from compare import PROJECT, Result, add, format_table, kinds, machine, median, ratio, run  # noqa: E402
+from compare import (PROJECT, Result, format_table, kinds, machine, median, ratio,  # noqa: E402
+                     registry_arguments, run)
 from drivers.filesystem import FilesystemDriver  # noqa: E402
 from drivers.registry.manifest import ACCEPT  # noqa: E402
 from tests.registry import filesystem_storage, start_registry  # noqa: E402
 from tests.services import Service  # noqa: E402
 
-MIB = 1024 * 1024
 SKOPEO = shutil.which("skopeo") or "skopeo"
 REGISTRY = shutil.which("docker-registry") or "docker-registry"
 SKOPEO_CACHE = "/var/lib/containers/cache"
@@ -304,14 +303,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
-                        help="total blob bytes of the registry (default 200MiB)")
-    parser.add_argument("--tags", type=int, default=300, help="tags (default 300)")
-    parser.add_argument("--repositories", type=int, default=20, help="repositories (default 20)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="the replicator's concurrency and skopeo processes at once (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
+    registry_arguments(parser, tags=300, repositories=20, peer="skopeo processes at once")
     args = parser.parse_args(argv)
     for tool, hint in ((SKOPEO, "apt-get install -y skopeo"),
                        (REGISTRY, "apt-get install -y docker-registry")):

@@ -52,6 +52,16 @@ def nonzero(counts: dict[str, int]) -> dict[str, int]:
     return {kind: n for kind, n in counts.items() if n}
 
 
+def into_registry(tmp_path: Path, source: Path, url: str) -> Path:
+    """A configuration replicating the filesystem registry ``source`` into the registry at
+    ``url`` (region ``d``), with its state store in ``tmp_path``."""
+    return write_config(tmp_path / "replicator.yml", {
+        "state": {"path": str(tmp_path / "state.db")},
+        "regions": {"primary": {"storage": reg.filesystem_storage(source)},
+                    "d": {"registry": {"url": url}}},
+        "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry-destination")
@@ -282,11 +292,7 @@ def test_a_later_run_mounts_a_blob_an_earlier_run_uploaded(tmp_path):
     primary = FilesystemDriver(str(source))
     publish(primary, "apps/web", "1.0", WEB_1_0)
     with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d:
-        config = write_config(tmp_path / "replicator.yml", {
-            "state": {"path": str(tmp_path / "state.db")},
-            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
-                        "d": {"registry": {"url": d.url}}},
-            "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+        config = into_registry(tmp_path, source, d.url)
         assert run(config, "sync")["requests"]["d"]["copy"] == 0
         publish(primary, "base/tools", "1", TOOLS)
         later = run(config, "sync")
@@ -308,11 +314,7 @@ def test_a_tag_deleted_behind_its_back_is_made_again_and_a_moved_one_by_an_audit
     for (repository, tag), image in TAGS.items():
         publish(primary, repository, tag, image)
     with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d:
-        config = write_config(tmp_path / "replicator.yml", {
-            "state": {"path": str(tmp_path / "state.db")},
-            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
-                        "d": {"registry": {"url": d.url}}},
-            "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+        config = into_registry(tmp_path, source, d.url)
         assert run(config, "sync")["passes"][0]["tags_replicated"] == len(TAGS)
         reg.delete_manifest(d.url, "base/tools", TOOLS.digest)
         client = RegistryClient.from_config({"url": d.url})
