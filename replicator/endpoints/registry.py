@@ -16,8 +16,9 @@ pull only): a tag moved there behind its back is repaired by the next audit, one
 by the next pass. What a tag needs is asked with a ``HEAD`` per blob and manifest of its
 repository (each once per pass). Writes go bottom-up as the API allows (DESIGN invariant 1):
 blobs (uploaded, or mounted from the repository of this destination known to hold them: from
-this run, or from the state store's record of earlier runs), then each manifest by digest (an
-index's children first), then the tag. A policy that deletes
+this run, or from the state store's record of earlier runs), then an index's children by
+digest, then the tag (one ``PUT`` by tag, storing the tag's own manifest and moving the tag at
+once; a manifest is never visible before what it references). A policy that deletes
 lists the destination's tags (``tags/list`` per repository) and deletes a tag with its
 manifest, which the API allows only while no other tag carries that manifest.
 """
@@ -266,6 +267,7 @@ class RegistryDestination(DestinationSnapshot):
             if step not in steps:
                 steps.append(step)
 
+        move = (f"tag {name}:{tag}", digest) if current != digest else None
         for manifest in bottom_up(tree, digest):
             for blob in manifest.blobs:
                 if is_foreign(blob):
@@ -280,10 +282,9 @@ class RegistryDestination(DestinationSnapshot):
                 self._manifests[manifest.digest] = manifest
             if self._size(name, manifest.digest, manifest=True) is not None:
                 reused.add(manifest.digest)
-            else:
+            elif manifest.digest != digest or move is None:   # the tag's PUT stores its own
                 need((f"manifest {name}", manifest.digest))
 
-        move = (f"tag {name}:{tag}", digest) if current != digest else None
         if move:
             steps.append(move)
         return TagPlan(name, tag, digest, tuple(blobs.values()), (), tuple(steps),
@@ -308,11 +309,10 @@ class RegistryDestination(DestinationSnapshot):
             manifest = self._manifests[digest]
             self.client.manifest_put(where, digest, manifest.data, manifest.media_type)
         else:
-            name, tag = where.rsplit(":", 1)
+            where, tag = where.rsplit(":", 1)
             manifest = self._manifests[digest]
-            self.client.manifest_put(name, tag, manifest.data, manifest.media_type)
-            self._digests[(name, tag)] = digest
-            return digest
+            self.client.manifest_put(where, tag, manifest.data, manifest.media_type)
+            self._digests[(where, tag)] = digest
         with self._lock:
             self._sizes[(where, digest)] = -1
         return digest
