@@ -673,13 +673,18 @@ class Bench:
     def table(self) -> str:
         header = ["backend", "scenario", "measure", *COLUMNS, "ours/rclone=c", "ours/best rclone",
                   "target", "met"]
-        body = [[row.backend, row.scenario, row.measure, *(row.cells.get(c, "") for c in COLUMNS),
-                 row.ratio, row.best, row.target, row.met] for row in self.rows]
-        widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                 for line in (header, *body)]
-        lines.insert(1, "  ".join("-" * width for width in widths))
-        return "\n".join(lines)
+        return format_table(header, [[row.backend, row.scenario, row.measure,
+                                      *(row.cells.get(c, "") for c in COLUMNS),
+                                      row.ratio, row.best, row.target, row.met] for row in self.rows])
+
+
+def format_table(header: list[str], body: list[list[str]]) -> str:
+    """Plain-text columns, left-aligned, a rule under the header."""
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in (header, *body)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
 
 
 def many_keys(root: Path, keys: int) -> int:
@@ -726,32 +731,50 @@ def many_keys(root: Path, keys: int) -> int:
     return tags
 
 
-def machine() -> str:
-    rclone = subprocess.run([RCLONE, "version"], capture_output=True, text=True).stdout.splitlines()
+def machine(tools: tuple[tuple[str, ...], ...] = ((RCLONE, "version"),)) -> str:
+    """nproc, CPU model, Python, the first line each of ``tools`` (version commands) prints,
+    and the replicator's commit."""
+    versions = []
+    for argv in tools:
+        try:
+            lines = subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()
+        except OSError:
+            lines = []
+        versions.append(lines[0] if lines else f"{Path(argv[0]).name} not found")
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())
     commit = subprocess.run(["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     return (f"machine: nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, "
-            f"{rclone[0] if rclone else 'rclone not found'}, replicator at {commit or 'unknown'}")
+            f"{', '.join(versions)}, replicator at {commit or 'unknown'}")
+
+
+def registry_arguments(parser: argparse.ArgumentParser, *, tags: int, repositories: int,
+                       size_note: str = "", peer: str) -> None:
+    """The flags every comparison takes: the generated registry (``--size``, ``--tags``,
+    ``--repositories``, ``--seed``), ``--runs`` and ``--concurrency`` (``peer`` says what it
+    sets for the other tool)."""
+    parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
+                        help=f"total blob bytes of the registry (default 200MiB{size_note})")
+    parser.add_argument("--tags", type=int, default=tags, help=f"tags (default {tags})")
+    parser.add_argument("--repositories", type=int, default=repositories,
+                        help=f"repositories (default {repositories})")
+    parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help=f"the replicator's concurrency and {peer} (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
-                        help="total blob bytes of the registry (default 200MiB; moto holds it in memory)")
-    parser.add_argument("--tags", type=int, default=1000, help="tags (default 1000)")
-    parser.add_argument("--repositories", type=int, default=50, help="repositories (default 50)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="the replicator's concurrency and rclone's --transfers (default 8)")
+    registry_arguments(parser, tags=1000, repositories=50, size_note="; moto holds it in memory",
+                       peer="rclone's --transfers")
     parser.add_argument("--only", choices=("fs", "s3"), help="one backend only")
     parser.add_argument("--s3-size", type=registry_gen.parse_size,
                         help="the S3 registry's size if not --size (moto holds it in memory)")
     parser.add_argument("--s3-tags", type=int,
                         help="the S3 registry's tags if not --tags (moto lists slowly: rclone's "
                              "per-directory listings cost it time quadratic in the keys)")
-    parser.add_argument("--seed", type=int, default=0, help="registry seed (default 0)")
     parser.add_argument("--moved-layers", type=int, default=2, help="new layers of the moved tag (k)")
     parser.add_argument("--moved-layer-size", type=registry_gen.parse_size, default=MIB,
                         help="size of each new layer of the moved tag (default 1MiB)")

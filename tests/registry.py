@@ -269,7 +269,8 @@ def missing_keys(store: Store, repository: str, tag: str, image: Image) -> list[
 
 def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
                    auth: dict | None = None, tls: dict | None = None,
-                   redirect: bool = False, delete: bool = True) -> Service:
+                   redirect: bool = False, delete: bool = True,
+                   accesslog: bool = False) -> Service:
     """Start ``docker-registry serve`` on a free loopback port over ``storage``.
 
     No ``cache:`` is configured, so the registry keeps no blob descriptor cache: what it serves
@@ -278,11 +279,12 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
     block and ``tls`` its ``http.tls`` block (``tests.registry_auth`` makes both); with ``auth``
     a 401 from the catalog counts as ready, and with ``tls`` the service's ``url`` is https.
     Blob GETs stay on the registry unless ``redirect`` (then a 307 to the storage's URL);
-    manifest deletes are enabled unless ``delete`` is false.
+    manifest deletes are enabled unless ``delete`` is false. With ``accesslog`` the service's
+    log (``service.log_path``) holds a line per request (method, URI, status, bytes).
     """
     port = free_port()
     config_path = _write_registry_config(storage, log_dir, port, readonly, auth=auth, tls=tls,
-                                         redirect=redirect, delete=delete)
+                                         redirect=redirect, delete=delete, accesslog=accesslog)
     service = Service("registry", [executable("docker-registry"), "serve", str(config_path)],
                       port, ready_path="/v2/", env=_registry_env(), log_dir=log_dir)
     if tls:
@@ -302,13 +304,14 @@ def start_registry(storage: dict, log_dir: Path, *, readonly: bool = False,
 
 def _write_registry_config(storage: dict, log_dir: Path, port: int, readonly: bool = False, *,
                            auth: dict | None = None, tls: dict | None = None,
-                           redirect: bool = False, delete: bool = True) -> Path:
+                           redirect: bool = False, delete: bool = True,
+                           accesslog: bool = False) -> Path:
     storage = {**storage, "redirect": {"disable": not redirect}, "delete": {"enabled": delete}}
     if readonly:
         storage["maintenance"] = {"readonly": {"enabled": True}}
     config = {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "log": {"level": "warn", "accesslog": {"disabled": not accesslog}},
         "storage": storage,
         "http": {"addr": f"{LOOPBACK}:{port}", "secret": uuid.uuid4().hex},
     }

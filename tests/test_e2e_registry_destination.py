@@ -7,7 +7,8 @@ repository, sharing a base layer. One policy replicates A's storage into registr
 docker-registry, written through its API) and a filesystem region; another replicates A
 through its API into registry C. skopeo pulls every image from B and C with A's digests. A blob
 shared by two repositories is uploaded once and mounted into the second. A second pass writes
-nothing: a manifest HEAD per tag at each registry destination.
+nothing: a tag list per repository at each registry destination, no HEAD (the state store
+knows the digests it wrote there).
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def run(config: Path, *args: str) -> dict:
 
 def nonzero(counts: dict[str, int]) -> dict[str, int]:
     return {kind: n for kind, n in counts.items() if n}
+
+
+def into_registry(tmp_path: Path, source: Path, url: str) -> Path:
+    """A configuration replicating the filesystem registry ``source`` into the registry at
+    ``url`` (region ``d``), with its state store in ``tmp_path``."""
+    return write_config(tmp_path / "replicator.yml", {
+        "state": {"path": str(tmp_path / "state.db")},
+        "regions": {"primary": {"storage": reg.filesystem_storage(source)},
+                    "d": {"registry": {"url": url}}},
+        "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +111,14 @@ def test_first_passes_upload_each_blob_once_and_mount_the_shared_one(world):
     print(f"\nregistry destinations, first pass: b {first['requests']['b']}, c {first['requests']['c']}")
 
 
-def test_a_second_pass_writes_nothing_and_heads_each_tag_once(world):
+def test_a_second_pass_writes_nothing_and_lists_each_repository_once(world):
     _, _, _, second, _ = world
     for entry in second["passes"]:
         assert (entry["tags_unchanged"], entry["blobs_copied"], entry["manifests_copied"]) == \
             (len(TAGS), 0, 0), entry
+    repositories = len({repository for repository, _ in TAGS})
     for name in ("b", "c"):
-        assert nonzero(second["requests"][name]) == {"head": len(TAGS)}, second["requests"][name]
+        assert nonzero(second["requests"][name]) == {"list": repositories}, second["requests"][name]
     assert nonzero(second["requests"]["local"]) == {"list": 1}
     print(f"\nregistry destinations, no-change pass: {second['requests']}")
 
@@ -283,11 +295,7 @@ def test_a_later_run_mounts_a_blob_an_earlier_run_uploaded(tmp_path):
     primary = FilesystemDriver(str(source))
     publish(primary, "apps/web", "1.0", WEB_1_0)
     with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d:
-        config = write_config(tmp_path / "replicator.yml", {
-            "state": {"path": str(tmp_path / "state.db")},
-            "regions": {"primary": {"storage": reg.filesystem_storage(source)},
-                        "d": {"registry": {"url": d.url}}},
-            "policies": [{"name": "p", "source": "primary", "destinations": ["d"]}]})
+        config = into_registry(tmp_path, source, d.url)
         assert run(config, "sync")["requests"]["d"]["copy"] == 0
         publish(primary, "base/tools", "1", TOOLS)
         later = run(config, "sync")
@@ -298,3 +306,26 @@ def test_a_later_run_mounts_a_blob_an_earlier_run_uploaded(tmp_path):
         client = RegistryClient.from_config({"url": d.url})
         assert all(client.blob_head("base/tools", digest) is not None for digest in SHARED)
         assert reg.manifest_digest(d.url, "base/tools", "1") == TOOLS.digest
+
+
+def test_a_tag_deleted_behind_its_back_is_made_again_and_a_moved_one_by_an_audit(tmp_path):
+    """A registry destination's tags are trusted from its tag lists and the state store: a tag
+    deleted there is seen missing from its list by the next pass and made again; a tag moved
+    there to another image is left to the audit (every tag HEADed), which moves it back."""
+    source = tmp_path / "source"
+    primary = FilesystemDriver(str(source))
+    for (repository, tag), image in TAGS.items():
+        publish(primary, repository, tag, image)
+    with reg.start_registry(reg.filesystem_storage(tmp_path / "d"), tmp_path / "logs") as d:
+        config = into_registry(tmp_path, source, d.url)
+        assert run(config, "sync")["passes"][0]["tags_replicated"] == len(TAGS)
+        reg.delete_manifest(d.url, "base/tools", TOOLS.digest)
+        client = RegistryClient.from_config({"url": d.url})
+        client.manifest_put("apps/web", "1.0", WEB_MULTI.manifest.data, WEB_MULTI.manifest.media_type)
+        [again] = run(config, "sync")["passes"]
+        assert (again["tags_replicated"], again["tags_unchanged"]) == (1, len(TAGS) - 1), again
+        assert reg.manifest_digest(d.url, "base/tools", "1") == TOOLS.digest
+        assert reg.manifest_digest(d.url, "apps/web", "1.0") == WEB_MULTI.digest
+        audit = run(config, "sync", "--audit")
+        assert audit["requests"]["d"]["head"] >= len(TAGS)
+        assert reg.manifest_digest(d.url, "apps/web", "1.0") == WEB_1_0.digest

@@ -29,6 +29,7 @@ tokens, nor URL query strings (which hold upload session state).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import threading
 import time
@@ -171,6 +172,13 @@ def error_for(response: httpx.Response, where: str, secrets: list[str] = ()) -> 
     return StorageError(message)
 
 
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """What httpx's ``verify=True`` means (its CA bundle), made once per process: loading the
+    bundle takes longer than a pass over an unchanged registry spends on most other work."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def _tls(config: dict) -> ssl.SSLContext | bool:
     if not config.get("tlsverify", True):
         return False
@@ -201,7 +209,8 @@ class Session:
         self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
         self._hosts: dict[str, _Host] = {}
         self._hosts_lock = threading.Lock()
-        self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
+        self._http = httpx.Client(verify=default_tls() if verify is True else verify,
+                                  timeout=httpx.Timeout(timeout),
                                   follow_redirects=False, trust_env=False, transport=transport)
         self._credentials = Credentials(username, password, self._fetch_token)
 

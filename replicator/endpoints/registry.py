@@ -8,12 +8,17 @@ cost of a pass over an unchanged registry. The API gives no time of change, so a
 is when a snapshot first saw it. Manifests and blobs are read with ``GET`` (blobs streamed,
 redirects to blob storage followed, broken streams resumed), and checked by the engine.
 
-As a destination, nothing is listed: each tag's digest there is one manifest ``HEAD``, and
-what a tag needs is asked with a ``HEAD`` per blob and manifest of its repository (each once
-per pass). Writes go bottom-up as the API allows (DESIGN invariant 1): blobs (uploaded, or
-mounted from the repository of this destination known to hold them: from this run, or from the
-state store's record of earlier runs), then
-each manifest by digest (an index's children first), then the tag. A policy that deletes
+As a destination, each repository a pass touches is listed once (``tags/list``): a tag not
+listed is absent, a listed tag the state store records this replicator moving to a digest is
+taken to hold it, and only the other listed tags (and every tag in an audit, or without a state
+store) cost a manifest ``HEAD``. A replica is written by the replicator alone (its other users
+pull only): a tag moved there behind its back is repaired by the next audit, one deleted there
+by the next pass. What a tag needs is asked with a ``HEAD`` per blob and manifest of its
+repository (each once per pass). Writes go bottom-up as the API allows (DESIGN invariant 1):
+blobs (uploaded, or mounted from the repository of this destination known to hold them: from
+this run, or from the state store's record of earlier runs), then an index's children by
+digest, then the tag (one ``PUT`` by tag, storing the tag's own manifest and moving the tag at
+once; a manifest is never visible before what it references). A policy that deletes
 lists the destination's tags (``tags/list`` per repository) and deletes a tag with its
 manifest, which the API allows only while no other tag carries that manifest.
 """
@@ -37,7 +42,7 @@ from replicator.once import Once
 from replicator.planner import TagPlan, bottom_up, is_foreign
 
 HEAD_CONCURRENCY = 8
-"""Manifest HEADs in flight while a snapshot resolves tags to digests."""
+"""Tag lists, then manifest HEADs, in flight while a snapshot resolves tags to digests."""
 _GLOB = frozenset("*?[")
 
 
@@ -54,10 +59,11 @@ class RegistryEndpoint(Destination):
         self._homes_lock = threading.Lock()
 
     def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
-        """Lists nothing up front: a pass into a registry asks per tag, blob and manifest (its
-        ``tags`` are listed only when asked for, by a policy that deletes). ``state`` (if any)
-        remembers across runs which repository holds each blob, to mount it from."""
-        return RegistryDestination(self, repository, state)
+        """Lists nothing up front: a pass into a registry lists a repository's tags when it
+        first asks for one of them, and asks per blob and manifest. ``state`` (if any)
+        remembers across runs which repository holds each blob, to mount it from, and which
+        digest each tag was moved to (trusted for listed tags, except in an ``audit``)."""
+        return RegistryDestination(self, repository, state, audit)
 
     def known_home(self, digest: str) -> str | None:
         """The repository this process uploaded ``digest`` into, if it did."""
@@ -88,9 +94,10 @@ class RegistryEndpoint(Destination):
         names = [repository] if repository else self.repositories()
         if wanted is not None:
             names = [name for name in names if wanted.repository(name)]
-        tags = [(name, tag) for name in names for tag in self.tag_names(name)
-                if wanted is None or wanted.tag(name, tag)]
         with ThreadPoolExecutor(HEAD_CONCURRENCY, "manifest-head") as pool:
+            listed = list(pool.map(self.tag_names, names))
+            tags = [(name, tag) for name, found in zip(names, listed) for tag in found
+                    if wanted is None or wanted.tag(name, tag)]
             infos = list(pool.map(lambda key: self.client.manifest_head(*key), tags))
         seen = time.time()
         entries = {key: ObjectInfo(f"{key[0]}:{key[1]}", info.size, info.digest, seen)
@@ -179,11 +186,15 @@ class RegistryDestination(DestinationSnapshot):
     each asked once (a ``HEAD``). Steps are ``(what, digest)``, ``what`` being ``blob <name>``,
     ``manifest <name>`` or ``tag <name>:<tag>``."""
 
-    def __init__(self, endpoint: RegistryEndpoint, repository: str | None = None, state=None):
+    def __init__(self, endpoint: RegistryEndpoint, repository: str | None = None, state=None,
+                 audit: bool = True):
         self.endpoint = endpoint
         self.client = endpoint.client
         self.repository = repository
         self.state = state
+        self._trusting = not audit and state is not None
+        """Whether listed tags the replicator moved are taken to hold the digest it wrote."""
+        self._made: dict[tuple[str, str], str] | None = None
         self._tags: dict[tuple[str, str], ObjectInfo] | None = None
         self._digests: dict[tuple[str, str], str | None] = {}
         self._sizes: dict[tuple[str, str], int | None] = {}
@@ -191,6 +202,7 @@ class RegistryDestination(DestinationSnapshot):
         self._lock = threading.Lock()
         self._heads = Once()
         """Each HEAD once, however many tags ask at the same time."""
+        self._lists = Once()
 
     @property
     def tags(self) -> Mapping[tuple[str, str], ObjectInfo]:
@@ -199,13 +211,32 @@ class RegistryDestination(DestinationSnapshot):
         if self._tags is None:
             names = [self.repository] if self.repository else self.endpoint.repositories()
             self._tags = {(name, tag): ObjectInfo(f"{name}:{tag}", -1, "", 0.0)
-                          for name in names for tag in self.endpoint.tag_names(name)}
+                          for name in names for tag in self._tag_names(name)}
         return self._tags
 
+    def _tag_names(self, name: str) -> frozenset[str]:
+        """The repository's tags, listed once per pass however many tags ask at once."""
+        return self._lists.run(name, lambda: frozenset(self.endpoint.tag_names(name)))
+
+    def _made_digest(self, name: str, tag: str) -> str | None:
+        """The digest the state store records this replicator moving the tag to, if any."""
+        with self._lock:
+            if self._made is None:
+                self._made = self.state.made_tags(self.endpoint.name)
+            return self._made.get((name, tag))
+
     def tag_digest(self, name: str, tag: str) -> str | None:
+        """From the repository's tag list and the state store where it can (see the module
+        docstring), else one manifest ``HEAD``."""
         if (name, tag) not in self._digests:
-            info = self.client.manifest_head(name, tag)
-            self._digests[(name, tag)] = None if info is None else info.digest
+            if self._trusting and tag not in self._tag_names(name):
+                digest = None
+            else:
+                digest = self._made_digest(name, tag) if self._trusting else None
+                if digest is None:
+                    info = self.client.manifest_head(name, tag)
+                    digest = None if info is None else info.digest
+            self._digests[(name, tag)] = digest
         return self._digests[(name, tag)]
 
     def _size(self, name: str, digest: str, manifest: bool = False) -> int | None:
@@ -236,6 +267,7 @@ class RegistryDestination(DestinationSnapshot):
             if step not in steps:
                 steps.append(step)
 
+        move = (f"tag {name}:{tag}", digest) if current != digest else None
         for manifest in bottom_up(tree, digest):
             for blob in manifest.blobs:
                 if is_foreign(blob):
@@ -250,10 +282,9 @@ class RegistryDestination(DestinationSnapshot):
                 self._manifests[manifest.digest] = manifest
             if self._size(name, manifest.digest, manifest=True) is not None:
                 reused.add(manifest.digest)
-            else:
+            elif manifest.digest != digest or move is None:   # the tag's PUT stores its own
                 need((f"manifest {name}", manifest.digest))
 
-        move = (f"tag {name}:{tag}", digest) if current != digest else None
         if move:
             steps.append(move)
         return TagPlan(name, tag, digest, tuple(blobs.values()), (), tuple(steps),
@@ -278,11 +309,10 @@ class RegistryDestination(DestinationSnapshot):
             manifest = self._manifests[digest]
             self.client.manifest_put(where, digest, manifest.data, manifest.media_type)
         else:
-            name, tag = where.rsplit(":", 1)
+            where, tag = where.rsplit(":", 1)
             manifest = self._manifests[digest]
-            self.client.manifest_put(name, tag, manifest.data, manifest.media_type)
-            self._digests[(name, tag)] = digest
-            return digest
+            self.client.manifest_put(where, tag, manifest.data, manifest.media_type)
+            self._digests[(where, tag)] = digest
         with self._lock:
             self._sizes[(where, digest)] = -1
         return digest
