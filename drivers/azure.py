@@ -54,7 +54,7 @@ from azure.storage.blob import (BlobClient, BlobPrefix, BlobProperties, BlobSasP
                                 ContainerClient, generate_blob_sas)
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, LayoutFlavours, ObjectInfo, PartWriter,
-                          ServerSideCopy, StorageDriver, check_delimiter, check_key, check_prefix,
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, delimited_pages,
                           error_for_status, token_pages, whole_prefix, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.parameters import parse_parameters, root_prefix
@@ -364,9 +364,7 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
         return page, pages.continuation_token
 
     def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
-        check_prefix(prefix)
-        check_delimiter(delimiter)
-        yield from token_pages(lambda token: self._call(
+        return delimited_pages(prefix, delimiter, lambda token: self._call(
             "list", prefix, lambda: self._prefix_page(prefix, delimiter, token)))
 
     def _prefix_page(self, prefix: str, delimiter: str, token: str | None) -> tuple[list[str], str | None]:

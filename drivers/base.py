@@ -116,6 +116,15 @@ def common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
     return None if end < 0 else key[:end + len(delimiter)]
 
 
+def delimited_pages(prefix: str, delimiter: str,
+                    fetch: Callable[[str | None], tuple[list[str], str | None]]) -> Iterator[list[str]]:
+    """:func:`token_pages` of a delimited listing, once ``prefix`` and ``delimiter`` passed
+    their checks (else ``InvalidKey``, before any request)."""
+    check_prefix(prefix)
+    check_delimiter(delimiter)
+    return token_pages(fetch)
+
+
 def whole_prefix(prefix: str, delimiter: str) -> str:
     """A prefix of a delimited listing as the server sent it, made to end with the whole
     ``delimiter``: Azurite 3.35 and fake-gcs-server 1.54 end it after the delimiter's first

@@ -29,7 +29,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.oauth2 import service_account
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
-                          ServerSideCopy, StorageDriver, check_delimiter, check_key, check_prefix,
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, delimited_pages,
                           error_for_status, token_pages, whole_prefix, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.parameters import parse_parameters, root_prefix
@@ -263,9 +263,7 @@ class GCSDriver(StorageDriver, ServerSideCopy):
         return page, listing.next_page_token
 
     def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
-        check_prefix(prefix)
-        check_delimiter(delimiter)
-        yield from token_pages(lambda token: self._call(
+        return delimited_pages(prefix, delimiter, lambda token: self._call(
             "list", prefix, lambda: self._prefix_page(prefix, delimiter, token)))
 
     def _prefix_page(self, prefix: str, delimiter: str, token: str | None) -> tuple[list[str], str | None]:

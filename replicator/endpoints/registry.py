@@ -53,7 +53,8 @@ class RegistryEndpoint(Destination):
         """digest -> a repository of this registry the blob was uploaded into (to mount from)."""
         self._homes_lock = threading.Lock()
 
-    def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
+    def destination_snapshot(self, repository: str | None, state, audit: bool,
+                             wanted: Selection | None = None) -> RegistryDestination:
         """Lists nothing up front: a pass into a registry asks per tag, blob and manifest (its
         ``tags`` are listed only when asked for, by a policy that deletes). ``state`` (if any)
         remembers across runs which repository holds each blob, to mount it from."""
