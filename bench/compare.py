@@ -728,12 +728,17 @@ def many_keys(root: Path, keys: int) -> int:
 
 def machine() -> str:
     rclone = subprocess.run([RCLONE, "version"], capture_output=True, text=True).stdout.splitlines()
+    return machine_line(rclone[0] if rclone else "rclone not found")
+
+
+def machine_line(tools: str) -> str:
+    """nproc, CPU model, Python, ``tools`` (their versions) and the replicator's commit."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())
     commit = subprocess.run(["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     return (f"machine: nproc {os.cpu_count()} ({model}), Python {platform.python_version()}, "
-            f"{rclone[0] if rclone else 'rclone not found'}, replicator at {commit or 'unknown'}")
+            f"{tools}, replicator at {commit or 'unknown'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,7 +113,7 @@ def repository_pages(storage: StorageDriver, region: str, state,
     if targeted(known, wanted, storage.list_page_size):
         names = discover(storage)
         listed = outermost(name for name in names if wanted(name))
-        log.info("%s: listing %d of %d repositories", region, len(listed), len(names),
+        log.debug("%s: listing %d of %d repositories", region, len(listed), len(names),
                  extra={"region": region})
         for name in listed:
             for page in storage.list(layout.repository_prefix(name)):

@@ -4,8 +4,8 @@ storage driver.
 Tags, links and blobs are known from listings: a snapshot is one paged listing of the
 repositories (or of one repository; or, for a pass that wants only some, of each of those
 where that costs fewer requests: :mod:`replicator.listing`), plus one of all blobs the first
-time a pass needs to know which it holds (a targeted pass probes each blob instead). A tag's link is read only when
-its listing entry changed since the state store last saw it. Writes follow the planner's order
+time a pass needs to know which it holds (a targeted pass probes each blob instead). A tag's
+link is read only when its listing entry changed since the state store last saw it. Writes follow the planner's order
 (:mod:`replicator.planner`): blob data, layer and revision links, the tag's ``current/link``,
 then its index link.
 """
