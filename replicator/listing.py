@@ -9,8 +9,8 @@ the ones it wants: the discovery's pages, plus for each such repository one requ
 of its keys, at least one. :func:`targeted` chooses from the key counts per repository that
 the region's last listings left in the state store (``listing_keys``): without any (a first
 pass, a state store that was deleted, a caller without one), the listing is full; when every
-repository is wanted (one shard and no filter) the targeted way can never cost less, so that
-pass lists exactly as before. A repository pushed since the counts were taken counts as one
+repository is wanted (one shard and no filter) the targeted way never costs less (unless keys
+outside any repository outweigh its discovery), so that pass lists exactly as before. A repository pushed since the counts were taken counts as one
 page. What is listed is the same either way for the wanted repositories, so the choice changes
 requests, never what a pass sees of them.
 
