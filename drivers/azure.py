@@ -50,12 +50,12 @@ from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpRe
                                    IncompleteReadError, ResourceExistsError, ServiceRequestError,
                                    ServiceResponseError)
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import (BlobClient, BlobProperties, BlobSasPermissions, ContainerClient,
-                                generate_blob_sas)
+from azure.storage.blob import (BlobClient, BlobPrefix, BlobProperties, BlobSasPermissions,
+                                ContainerClient, generate_blob_sas)
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, LayoutFlavours, ObjectInfo, PartWriter,
-                          ServerSideCopy, StorageDriver, check_key, check_prefix, error_for_status,
-                          token_pages, without_url_queries)
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, delimited_pages,
+                          error_for_status, token_pages, whole_prefix, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
@@ -361,6 +361,18 @@ class AzureDriver(StorageDriver, ServerSideCopy, LayoutFlavours):
         pages = self._container.list_blobs(name_starts_with=names + prefix, include=["copy"],
                                            results_per_page=PAGE_SIZE).by_page(continuation_token=token)
         page = [_info(blob.name[len(names):], blob) for blob in next(pages) if _finished(blob)]
+        return page, pages.continuation_token
+
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        return delimited_pages(prefix, delimiter, lambda token: self._call(
+            "list", prefix, lambda: self._prefix_page(prefix, delimiter, token)))
+
+    def _prefix_page(self, prefix: str, delimiter: str, token: str | None) -> tuple[list[str], str | None]:
+        names = self._names
+        pages = self._container.walk_blobs(name_starts_with=names + prefix, delimiter=delimiter,
+                                           results_per_page=PAGE_SIZE).by_page(continuation_token=token)
+        page = [whole_prefix(item.name[len(names):], delimiter) for item in next(pages)
+                if isinstance(item, BlobPrefix)]
         return page, pages.continuation_token
 
     def stat(self, key: str) -> ObjectInfo:

@@ -100,6 +100,41 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_delimiter(delimiter: str) -> str:
+    """Return ``delimiter`` if it is a non-empty string without control characters or
+    backslashes; raise ``InvalidKey`` otherwise."""
+    if not delimiter or "\\" in delimiter or any(ord(c) < 32 or ord(c) == 127 for c in delimiter):
+        raise InvalidKey(f"invalid delimiter {delimiter!r}")
+    return delimiter
+
+
+def common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+    """``key`` up to and including the first ``delimiter`` after ``prefix`` (which ``key``
+    starts with), ``None`` if there is none: the "subdirectory" a delimited listing rolls it
+    into."""
+    end = key.find(delimiter, len(prefix))
+    return None if end < 0 else key[:end + len(delimiter)]
+
+
+def delimited_pages(prefix: str, delimiter: str,
+                    fetch: Callable[[str | None], tuple[list[str], str | None]]) -> Iterator[list[str]]:
+    """:func:`token_pages` of a delimited listing, once ``prefix`` and ``delimiter`` passed
+    their checks (else ``InvalidKey``, before any request)."""
+    check_prefix(prefix)
+    check_delimiter(delimiter)
+    return token_pages(fetch)
+
+
+def whole_prefix(prefix: str, delimiter: str) -> str:
+    """A prefix of a delimited listing as the server sent it, made to end with the whole
+    ``delimiter``: Azurite 3.35 and fake-gcs-server 1.54 end it after the delimiter's first
+    character (``a/`` for ``a/_x`` with delimiter ``/_``), where S3, Swift and the providers'
+    documentation keep the whole delimiter."""
+    if prefix.endswith(delimiter) or not prefix.endswith(delimiter[0]):
+        return prefix
+    return prefix[:-1] + delimiter
+
+
 def token_pages(fetch: Callable[[str | None], tuple[list[ObjectInfo], str | None]],
                 ) -> Iterator[list[ObjectInfo]]:
     """Yield the non-empty pages of a listing paged by continuation tokens.
@@ -202,6 +237,10 @@ class StorageDriver(ABC):
     """True if :meth:`delete` HEADs the object first (one more ``head`` request), to find
     parts stored apart from it (a Swift DLO's segments)."""
 
+    list_page_size: ClassVar[int] = 1000
+    """The most entries (objects, or prefixes) one listing request returns: a listing of ``n``
+    keys costs ``max(1, ceil(n / list_page_size))`` requests."""
+
     def __init__(self) -> None:
         self.requests = RequestCounter()
 
@@ -224,6 +263,22 @@ class StorageDriver(ABC):
         Each page is the result of one listing request. Keys within the whole listing are in
         ascending byte order. A prefix that matches nothing yields nothing (no error).
         ``prefix`` is empty or ends with ``/``; otherwise ``InvalidKey``.
+        """
+
+    @abstractmethod
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        """Yield pages of the "subdirectories" below ``prefix``: each distinct
+        ``prefix + s + delimiter`` that some key starts with, where ``s`` holds no
+        ``delimiter`` (S3's CommonPrefixes; see :func:`common_prefix`). Keys with no
+        ``delimiter`` after ``prefix`` are left out.
+
+        ``delimiter`` may be any string :func:`check_delimiter` accepts: ``"/"`` gives the
+        immediate subdirectories; ``"/_"`` every directory, however deep, that holds an entry
+        whose name starts with ``_`` (and nothing below one). Each page is one listing request
+        of at most ``list_page_size`` entries, counted as ``list``; prefixes within the whole
+        listing are in ascending byte order. A prefix that matches nothing yields nothing.
+        Raises ``InvalidKey`` for a bad prefix or delimiter (before any request),
+        ``StorageError``.
         """
 
     @abstractmethod

@@ -27,16 +27,20 @@ import os
 import stat as stat_mode
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TypeVar
 
-from drivers.base import CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_key, check_prefix
+from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_delimiter,
+                          check_key, check_prefix, common_prefix)
 from drivers.errors import AccessDenied, ConfigError, InvalidKey, NotFound, StorageError
 
 DEFAULT_ROOT = "/var/lib/registry"
 TEMP_DIR = ".replicator-tmp"
 PAGE_SIZE = 1000
 REMEMBERED_DIRECTORIES = 4096
+
+T = TypeVar("T")
 
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
@@ -156,19 +160,62 @@ class FilesystemDriver(StorageDriver):
 
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)
+        return self._pages(prefix, lambda top: self._walk(top, prefix))
+
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        """As :meth:`StorageDriver.list_prefixes`, from a walk of the directories below
+        ``prefix`` that stops at each entry whose path holds ``delimiter``; counted, as
+        :meth:`list` is, one ``list`` per page."""
+        check_prefix(prefix)
+        check_delimiter(delimiter)
+        return self._pages(prefix, lambda top: self._prefixes(top, prefix, prefix, delimiter))
+
+    def _pages(self, prefix: str, walk: Callable[[str], Iterator[T]]) -> Iterator[list[T]]:
+        """Pages of ``PAGE_SIZE`` of what ``walk`` yields from the prefix's directory, one
+        ``list`` request counted per page (and one for a listing that finds nothing)."""
         self.requests.add("list")
         top = os.path.normpath(os.path.join(self.root, prefix))
         if prefix.startswith(TEMP_DIR + "/") or os.path.realpath(top) != top:
             return
-        page: list[ObjectInfo] = []
-        for info in self._walk(top, prefix):
+        page: list[T] = []
+        for item in walk(top):
             if len(page) == PAGE_SIZE:
                 yield page
                 page = []
                 self.requests.add("list")
-            page.append(info)
+            page.append(item)
         if page:
             yield page
+
+    def _entries(self, directory: str, prefix: str) -> list[os.DirEntry]:
+        """The directory's entries in byte order of their keys; none if it is gone."""
+        with _os_errors("list", prefix):
+            try:
+                with os.scandir(directory) as scan:
+                    return sorted(scan, key=_byte_order)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+    def _prefixes(self, directory: str, path: str, prefix: str, delimiter: str) -> Iterator[str]:
+        last = None
+        for entry in self._entries(directory, prefix):
+            is_directory = entry.is_dir(follow_symlinks=False)
+            name = path + entry.name + ("/" if is_directory else "")
+            if name == TEMP_DIR + "/" or not (is_directory or entry.is_file(follow_symlinks=False)):
+                continue
+            found = common_prefix(name, prefix, delimiter)
+            if found is None:
+                if is_directory:
+                    yield from self._prefixes(entry.path, name, prefix, delimiter)
+            elif found != last and (not is_directory or self._holds_file(entry.path)):
+                last = found
+                yield found
+
+    def _holds_file(self, directory: str) -> bool:
+        """Whether some regular file lies below ``directory`` (an empty one is no prefix)."""
+        return any(entry.is_file(follow_symlinks=False)
+                   or (entry.is_dir(follow_symlinks=False) and self._holds_file(entry.path))
+                   for entry in self._entries(directory, directory))
 
     def sweep_abandoned_uploads(self, prefix: str, older_than: float) -> int:
         """As :meth:`StorageDriver.sweep_abandoned_uploads`; temporary files carry no key, so
@@ -189,23 +236,18 @@ class FilesystemDriver(StorageDriver):
         return swept
 
     def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
-        with _os_errors("list", prefix):
-            try:
-                with os.scandir(directory) as scan:
-                    entries = sorted(scan, key=_byte_order)
-            except (FileNotFoundError, NotADirectoryError):
-                return
-            for entry in entries:
-                key = prefix + entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if key != TEMP_DIR:
-                        yield from self._walk(entry.path, key + "/")
-                elif entry.is_file(follow_symlinks=False):
+        for entry in self._entries(directory, prefix):
+            key = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if key != TEMP_DIR:
+                    yield from self._walk(entry.path, key + "/")
+            elif entry.is_file(follow_symlinks=False):
+                with _os_errors("list", prefix):
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    yield _info(key, st)
+                yield _info(key, st)
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)

@@ -29,8 +29,8 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.oauth2 import service_account
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
-                          ServerSideCopy, StorageDriver, check_key, check_prefix, error_for_status,
-                          token_pages, without_url_queries)
+                          ServerSideCopy, StorageDriver, check_key, check_prefix, delimited_pages,
+                          error_for_status, token_pages, whole_prefix, without_url_queries)
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError, TransientError
 from drivers.parameters import parse_parameters, root_prefix
 from drivers.retry import retrying
@@ -51,6 +51,7 @@ TIMEOUT = (10, 120)
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 CONTENT_TYPE = "application/octet-stream"
 LIST_FIELDS = "items(name,size,generation,updated),nextPageToken"
+PREFIX_FIELDS = "prefixes,nextPageToken"
 
 PARAMETERS: dict[str, type] = {
     "bucket": str, "keyfile": str, "credentials": object, "rootdirectory": str, "chunksize": int,
@@ -257,11 +258,23 @@ class GCSDriver(StorageDriver, ServerSideCopy):
             lambda token: self._call("list", prefix, lambda: self._list_page(prefix, token)))
 
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        listing = self._client.list_blobs(self._bucket, prefix=self.root + prefix, page_size=PAGE_SIZE,
-                                          page_token=token, fields=LIST_FIELDS, timeout=TIMEOUT,
-                                          retry=None)
+        listing = self._listing(prefix, token, fields=LIST_FIELDS)
         page = [_info(blob.name[len(self.root):], blob) for blob in next(listing.pages)]
         return page, listing.next_page_token
+
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        return delimited_pages(prefix, delimiter, lambda token: self._call(
+            "list", prefix, lambda: self._prefix_page(prefix, delimiter, token)))
+
+    def _prefix_page(self, prefix: str, delimiter: str, token: str | None) -> tuple[list[str], str | None]:
+        listing = self._listing(prefix, token, delimiter=delimiter, fields=PREFIX_FIELDS)
+        page = next(listing.pages)
+        return [whole_prefix(name[len(self.root):], delimiter) for name in page.prefixes], \
+            listing.next_page_token
+
+    def _listing(self, prefix: str, token: str | None, **args):
+        return self._client.list_blobs(self._bucket, prefix=self.root + prefix, page_size=PAGE_SIZE,
+                                       page_token=token, timeout=TIMEOUT, retry=None, **args)
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)

@@ -24,7 +24,7 @@ import botocore.parsers
 import urllib3.exceptions
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, HashedCopy, HashedServerSideCopy, ObjectInfo,
-                          StorageDriver, check_key, check_prefix)
+                          StorageDriver, check_delimiter, check_key, check_prefix)
 from drivers.errors import (AccessDenied, ConfigError, NotFound, PreconditionFailed, StorageError,
                             TransientError)
 from drivers.parameters import parse_parameters, root_prefix
@@ -308,12 +308,23 @@ class S3Driver(StorageDriver, HashedServerSideCopy):
 
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)
-        args = {"Prefix": self.root + prefix, "MaxKeys": PAGE_SIZE}
-        while True:
-            page = self._call("list_objects_v2", prefix, **args)
+        for page in self._listing(prefix):
             if page.get("Contents"):
                 yield [_info(item["Key"][len(self.root):], item["Size"], item["ETag"],
                              item["LastModified"]) for item in page["Contents"]]
+
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        check_prefix(prefix)
+        for page in self._listing(prefix, Delimiter=check_delimiter(delimiter)):
+            if page.get("CommonPrefixes"):
+                yield [item["Prefix"][len(self.root):] for item in page["CommonPrefixes"]]
+
+    def _listing(self, prefix: str, **args) -> Iterator[dict]:
+        """The answers of ListObjectsV2 of ``prefix``, page after page."""
+        args.update(Prefix=self.root + prefix, MaxKeys=PAGE_SIZE)
+        while True:
+            page = self._call("list_objects_v2", prefix, **args)
+            yield page
             if not page.get("IsTruncated"):
                 return
             args["ContinuationToken"] = page["NextContinuationToken"]

@@ -50,8 +50,8 @@ from swiftclient.client import Connection
 from swiftclient.exceptions import ClientException
 
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, PartWriter, RequestCounter,
-                          StorageDriver, UNKNOWN_SIZE, check_key, check_prefix, error_for_status,
-                          token_pages, without_url_queries)
+                          StorageDriver, UNKNOWN_SIZE, check_delimiter, check_key, check_prefix,
+                          error_for_status, token_pages, without_url_queries)
 from drivers.errors import ConfigError, InvalidKey, NotFound, TransientError
 from drivers.parameters import parse_parameters
 from drivers.retry import retrying
@@ -327,13 +327,16 @@ class SwiftDriver(StorageDriver):
         with suppress(NotFound):
             self._call("delete", name, lambda c: c.delete_object(self.container, name))
 
-    def _entry_pages(self, name_prefix: str) -> Iterator[list[dict]]:
-        """Listing entries whose names start with ``name_prefix``, one page per request."""
+    def _entry_pages(self, name_prefix: str, **args) -> Iterator[list[dict]]:
+        """Listing entries whose names start with ``name_prefix``, one page per request (with
+        a ``delimiter``, its ``subdir`` entries too)."""
         def page(marker: str | None) -> tuple[list[dict], str | None]:
             _, entries = self._call("list", name_prefix, lambda c: c.get_container(
-                self.container, prefix=name_prefix, marker=marker, limit=PAGE_SIZE))
-            last = _required(entries[-1], "name", f"swift list {name_prefix}") if entries else None
-            return entries, (last if len(entries) == PAGE_SIZE else None)
+                self.container, prefix=name_prefix, marker=marker, limit=PAGE_SIZE, **args))
+            where = f"swift list {name_prefix}"
+            last = entries[-1] if entries else None
+            marker = last and (last["subdir"] if "subdir" in last else _required(last, "name", where))
+            return entries, (marker if len(entries) == PAGE_SIZE else None)
 
         return token_pages(page)
 
@@ -364,6 +367,14 @@ class SwiftDriver(StorageDriver):
         check_prefix(prefix)
         for entries in self._entry_pages(self.files_root + prefix):
             yield [self._listed(entry) for entry in entries]
+
+    def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
+        """Pages of the ``subdir`` entries of container listings with ``delimiter``."""
+        check_prefix(prefix)
+        root = len(self.files_root)
+        for entries in self._entry_pages(self.files_root + prefix, delimiter=check_delimiter(delimiter)):
+            if subdirs := [entry["subdir"][root:] for entry in entries if "subdir" in entry]:
+                yield subdirs
 
     def stat(self, key: str) -> ObjectInfo:
         """One HEAD (``Stat``): a DLO's real length, from its segments."""

@@ -193,7 +193,8 @@ class DestinationPass:
             if died or self.options.audit:
                 self._sweep_abandoned_uploads()
         self.held = self.destination.destination_snapshot(self.repository, self.state,
-                                                          self.options.audit)
+                                                          self.options.audit,
+                                                          wanted(self.policy, self.options))
         self.failing = self.state.failures(self.policy.name, self.destination_name)
         self.pending_since = self.state.pending(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
@@ -504,6 +505,13 @@ def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+def wanted(policy: Policy, options: RunOptions) -> Selection:
+    """What a pass of ``policy`` reads at either end: its repositories that the shard owns."""
+    return Selection(
+        lambda name: selected(policy.repositories, name) and options.shard.owns(name),
+        lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag))
+
+
 def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOptions,
                repository: str | None = None) -> list[PassReport]:
     """Run one pass of ``policy`` into each of its destinations, one after the other;
@@ -527,9 +535,8 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
     resolve_flavours(config, policy)
     source_endpoint = endpoint_for(config.regions[policy.source])
     try:
-        snapshot = source_endpoint.snapshot(repository, state, options.audit, Selection(
-            lambda name: selected(policy.repositories, name) and options.shard.owns(name),
-            lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag)))
+        snapshot = source_endpoint.snapshot(repository, state, options.audit,
+                                            wanted(policy, options))
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in destinations]

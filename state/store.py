@@ -25,6 +25,9 @@ Deleting the database costs one full re-scan, nothing else. It holds:
 - ``pending``: tags (or whole repositories, tag ``""``, when a push event named no tag) known
   to differ between a policy's source and a destination, with the time the change was made at
   the source: the lag is the age of the oldest;
+- ``listing_keys``: for each storage region, how many keys its last listings found under each
+  repository (``""``: under none), from which a sharded pass tells whether listing only its
+  own repositories costs fewer requests than one listing of all (:mod:`replicator.listing`);
 - ``announced``: the tags (or repositories, tag ``""``) a push or delete event announced, until
   a pass that began after the event leaves them in sync, so that a scheduled pass can tell the
   changes it finds that no event announced.
@@ -122,6 +125,12 @@ def _pacing_and_guards(db: sqlite_utils.Database) -> None:
 @migrations(name="0010_failure_kinds")
 def _failure_kinds(db: sqlite_utils.Database) -> None:
     db["failures"].add_column("kind", str, not_null_default="")
+
+
+@migrations(name="0011_listing_keys")
+def _listing_keys(db: sqlite_utils.Database) -> None:
+    db["listing_keys"].create({"region": str, "repository": str, "keys": int},
+                              pk=("region", "repository"))
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,22 @@ class StateStore:
                     if link is None:
                         self.db.execute("delete from tag_links where region = ? and repository = ? "
                                         "and tag = ?", [region, repository, tag])
+
+    def listing_keys(self, region: str) -> dict[str, int]:
+        """The keys ``region``'s listings last found, by repository (``""``: under none)."""
+        with self._lock:
+            rows = self.db.query("select repository, keys from listing_keys where region = ?", [region])
+            return {row["repository"]: row["keys"] for row in rows}
+
+    def record_listing_keys(self, region: str, counts: dict[str, int], keep: set[str]) -> None:
+        """Replace ``region``'s key counts by ``counts``, keeping the recorded counts of the
+        repositories in ``keep`` (seen, but not listed this time)."""
+        with self._lock, self.db.conn:
+            kept = {name: keys for name, keys in self.listing_keys(region).items() if name in keep}
+            self.db.execute("delete from listing_keys where region = ?", [region])
+            self.db["listing_keys"].insert_all(
+                [{"region": region, "repository": name, "keys": keys}
+                 for name, keys in {**kept, **counts}.items()], pk=("region", "repository"))
 
     def record_pass(self, record: PassRecord) -> None:
         with self._lock, self.db.conn:

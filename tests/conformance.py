@@ -86,6 +86,10 @@ class DriverConformance:
     def driver(self) -> StorageDriver:
         raise NotImplementedError("a backend's test class provides a fresh, empty driver")
 
+    server_pages_prefixes = True
+    """False where the test server answers every prefix of a delimited listing in one page
+    (the provider itself pages them)."""
+
     def test_list_empty(self, driver):
         assert list(driver.list()) == []
 
@@ -118,6 +122,45 @@ class DriverConformance:
         stat = driver.stat("dir/obj")
         assert (info.key, info.size, info.etag) == ("dir/obj", 5, stat.etag)
         assert abs(info.mtime - stat.mtime) < 1
+
+    def test_list_prefixes_gives_immediate_subdirectories_in_byte_order(self, driver):
+        write_all(driver, ["a/b/1", "a/c", "a/d/e/f", "a/d/g", "a-x/y", "b", "c/ü/1"])
+        assert requests_sent(driver, lambda: self.assert_prefixes(
+            driver, "", "/", ["a-x/", "a/", "c/"])) == {"list": 1}
+        self.assert_prefixes(driver, "a/", "/", ["a/b/", "a/d/"])
+        self.assert_prefixes(driver, "c/", "/", ["c/ü/"])
+        self.assert_prefixes(driver, "a/d/e/", "/", [])
+        self.assert_prefixes(driver, "x/", "/", [])
+
+    def test_list_prefixes_with_a_string_delimiter_finds_repositories_at_any_depth(self, driver):
+        root = "docker/registry/v2/repositories/"
+        write_all(driver, [root + key for key in (
+            "apps/_layers/sha256/aa/link", "apps/_manifests/tags/v1/current/link",
+            "apps/web/_layers/sha256/bb/link", "apps/web/_uploads/u1/data", "base/_manifests/x",
+            "ns/deep/one/_layers/sha256/cc/link", "ns/deep/one/_manifests/y", "my_app/_layers/z")])
+        self.assert_prefixes(driver, root, "/_", [root + name + "/_" for name in
+                                                 ("apps", "apps/web", "base", "my_app", "ns/deep/one")])
+
+    def test_list_prefixes_pages_of_1000(self, driver):
+        write_all(driver, [f"p/{i:04}/k" for i in range(1001)] + ["p/top"])
+        pages = []
+        sent = requests_sent(driver, lambda: pages.extend(driver.list_prefixes("p/")))
+        if self.server_pages_prefixes:
+            assert sent == {"list": 2}
+            assert [len(page) for page in pages] == [1000, 1]
+        else:
+            assert sent == {"list": 1}
+        assert [name for page in pages for name in page] == [f"p/{i:04}/" for i in range(1001)]
+
+    @pytest.mark.parametrize("prefix, delimiter", [("a", "/"), ("../", "/"), ("", ""), ("", "a\x00")])
+    def test_list_prefixes_rejects_bad_arguments_before_any_request(self, driver, prefix, delimiter):
+        with pytest.raises(InvalidKey):
+            next(driver.list_prefixes(prefix, delimiter))
+        assert not any(driver.requests.snapshot().values())
+
+    @staticmethod
+    def assert_prefixes(driver: StorageDriver, prefix: str, delimiter: str, expected: list[str]):
+        assert [name for page in driver.list_prefixes(prefix, delimiter) for name in page] == expected
 
     def test_listed_sizes_are_exact_or_declared_unknown(self, driver):
         driver.write("small", b"12345")

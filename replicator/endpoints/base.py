@@ -179,9 +179,11 @@ class Destination(Endpoint):
     """An endpoint a pass also writes to."""
 
     @abstractmethod
-    def destination_snapshot(self, repository: str | None, state, audit: bool) -> DestinationSnapshot:
+    def destination_snapshot(self, repository: str | None, state, audit: bool,
+                             wanted: Selection | None = None) -> DestinationSnapshot:
         """What a pass writing here (or verifying what it holds) starts from: as
-        :meth:`Endpoint.snapshot`, with what such a pass needs. Raises ``StorageError``."""
+        :meth:`Endpoint.snapshot` (``wanted`` likewise), with what such a pass needs. Raises
+        ``StorageError``."""
 
     @abstractmethod
     def manifest_write(self, name: str, manifest: Manifest) -> None:

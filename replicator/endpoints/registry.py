@@ -58,11 +58,13 @@ class RegistryEndpoint(Destination):
         """digest -> a repository of this registry the blob was uploaded into (to mount from)."""
         self._homes_lock = threading.Lock()
 
-    def destination_snapshot(self, repository: str | None, state, audit: bool) -> RegistryDestination:
+    def destination_snapshot(self, repository: str | None, state, audit: bool,
+                             wanted: Selection | None = None) -> RegistryDestination:
         """Lists nothing up front: a pass into a registry lists a repository's tags when it
-        first asks for one of them, and asks per blob and manifest. ``state`` (if any)
-        remembers across runs which repository holds each blob, to mount it from, and which
-        digest each tag was moved to (trusted for listed tags, except in an ``audit``)."""
+        first asks for one of them, and asks per blob and manifest (``wanted`` is not needed:
+        nothing is listed that a pass does not ask for). ``state`` (if any) remembers across
+        runs which repository holds each blob, to mount it from, and which digest each tag was
+        moved to (trusted for listed tags, except in an ``audit``)."""
         return RegistryDestination(self, repository, state, audit)
 
     def known_home(self, digest: str) -> str | None:

@@ -2,9 +2,10 @@
 storage driver.
 
 Tags, links and blobs are known from listings: a snapshot is one paged listing of the
-repositories (or of one repository), plus one of all blobs the first time a pass needs to
-know which it holds (a targeted pass probes each blob instead). A tag's link is read only when
-its listing entry changed since the state store last saw it. Writes follow the planner's order
+repositories (or of one repository; or, for a pass that wants only some, of each of those
+where that costs fewer requests: :mod:`replicator.listing`), plus one of all blobs the first
+time a pass needs to know which it holds (a targeted pass probes each blob instead). A tag's
+link is read only when its listing entry changed since the state store last saw it. Writes follow the planner's order
 (:mod:`replicator.planner`): blob data, layer and revision links, the tag's ``current/link``,
 then its index link.
 """
@@ -21,12 +22,9 @@ from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoin
                                        Selection)
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
+from replicator.listing import repository_pages
 from replicator.manifests import Manifest
 from replicator.planner import TagPlan, plan_tag
-
-
-def _listing_prefix(repository: str | None) -> str:
-    return layout.repository_prefix(repository) if repository else layout.REPOSITORIES_PREFIX
 
 
 class StorageEndpoint(Destination):
@@ -42,15 +40,24 @@ class StorageEndpoint(Destination):
 
     def snapshot(self, repository: str | None, state, audit: bool,
                  wanted: Selection | None = None) -> StorageSnapshot:
-        inventory = Inventory().add(self.storage.list(_listing_prefix(repository)), repository)
+        """One listing of ``repository``, or of the repositories ``wanted`` selects, in one
+        listing of all or in one per repository, whichever :mod:`replicator.listing` finds
+        cheaper; without ``wanted`` or ``state``, one listing of all."""
+        if repository:
+            pages = self.storage.list(layout.repository_prefix(repository))
+        else:
+            pages = repository_pages(self.storage, self.name, state,
+                                     None if wanted is None else wanted.repository)
+        inventory = Inventory().add(pages, repository)
         return StorageSnapshot(self, inventory, TagLinks(self.name, self.storage, inventory, state,
                                                          audit), repository)
 
     def tag_read(self, name: str, tag: str) -> str:
         return layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
 
-    def destination_snapshot(self, repository: str | None, state, audit: bool) -> StorageSnapshot:
-        return self.snapshot(repository, state, audit)
+    def destination_snapshot(self, repository: str | None, state, audit: bool,
+                             wanted: Selection | None = None) -> StorageSnapshot:
+        return self.snapshot(repository, state, audit, wanted)
 
     def probe(self) -> None:
         next(iter(self.storage.list(layout.ROOT)), None)

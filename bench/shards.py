@@ -1,0 +1,140 @@
+"""Listing requests of each shard in a no-change pass, with 1, 2 and 4 shards, on moto's S3.
+
+    python bench/shards.py [--tags 14000] [--repositories 20] [--size 20MiB] [--shards 1,2,4]
+
+Starts moto's S3 server on a free 127.0.0.1 port with a counting proxy per region in front
+(``tests/faults.py``'s ``FaultProxy``, no faults), generates the same registry
+(``registry_gen.py``, same seed) into a source bucket and a destination bucket, so that the
+destination is already in sync, runs one warm-up pass (one shard: it reads every tag link once
+and records each region's key counts in the state store), then a no-change pass of every shard
+of each shard count, one after the other, in-process, sharing that state store. It prints the
+machine, the registry, and one table: per shard, the listing requests the proxy saw at each
+region, their ratio to the one-shard pass's, the ideal 1/N, and the share of the registry's
+repository keys the shard owns (a repository is never split, so a busy one weighs on its
+owner). Any request of another kind
+in a no-change pass fails the run. Stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+import tempfile
+import uuid
+from pathlib import Path
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import registry_gen  # noqa: E402
+from compare import machine  # noqa: E402
+from drivers import open_storage  # noqa: E402
+from replicator import config as config_module  # noqa: E402
+from replicator import layout  # noqa: E402
+from replicator.engine import RunOptions, run_policy  # noqa: E402
+from replicator.listing import repository_of  # noqa: E402
+from replicator.sharding import Shard  # noqa: E402
+from state.store import StateStore  # noqa: E402
+from tests.faults import FaultProxy  # noqa: E402
+from tests.services import S3_CREDENTIALS, start_moto  # noqa: E402
+
+MIB = 1024 * 1024
+REGIONS = ("src", "dst")
+
+MOTO_VERSION = "from importlib.metadata import version; print('moto', version('moto'))"
+
+
+def counted_pass(config, state, proxies: dict[str, FaultProxy], shard: Shard) -> dict[str, int]:
+    """Listing requests per region of one pass of ``shard``; raises unless nothing changed and
+    nothing but listings was sent."""
+    for proxy in proxies.values():
+        proxy.requests.clear()
+    [report] = run_policy(config, config.policies[0], state,
+                          RunOptions.from_config(config, shard=shard))
+    if report.error or report.tags_replicated or report.tags_failed:
+        raise SystemExit(f"shard {shard}: not a no-change pass: "
+                         f"{report.error or 'tags were replicated or failed'}")
+    others = {region: {kind: n for kind, n in proxy.requests.items() if kind != "list" and n}
+              for region, proxy in proxies.items()}
+    if any(others.values()):
+        raise SystemExit(f"shard {shard}: requests other than listings: {others}")
+    return {region: proxy.requests["list"] for region, proxy in proxies.items()}
+
+
+def table(results: dict[int, list[dict[str, int]]], keys: Counter[str]) -> list[str]:
+    """``keys``: the registry's keys under the repositories prefix, by repository."""
+    one = results[1][0]
+    lines = ["| shards | shard | src list | src ratio | dst list | dst ratio | ideal 1/N "
+             "| its keys' share |", "|---|---|---|---|---|---|---|---|"]
+    for count, shards in results.items():
+        for index, lists in enumerate(shards):
+            share = sum(n for name, n in keys.items() if Shard(index, count).owns(name))
+            lines.append(f"| {count} | {index}/{count} | {lists['src']} | "
+                         f"{lists['src'] / one['src']:.3f} | {lists['dst']} | "
+                         f"{lists['dst'] / one['dst']:.3f} | {1 / count:.3f} | "
+                         f"{share / sum(keys.values()):.3f} |")
+        if count > 1:
+            total = {region: sum(lists[region] for lists in shards) for region in REGIONS}
+            lines.append(f"| {count} | all | {total['src']} | {total['src'] / one['src']:.3f} | "
+                         f"{total['dst']} | {total['dst'] / one['dst']:.3f} | 1.000 | 1.000 |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tags", type=int, default=14000,
+                        help="tags (default 14000: about 100,000 keys, 70,000 of them links)")
+    parser.add_argument("--repositories", type=int, default=20, help="repositories (default 20)")
+    parser.add_argument("--size", type=registry_gen.parse_size, default=20 * MIB,
+                        help="total blob bytes (default 20MiB)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shards", default="1,2,4", help="shard counts, starting with 1 (default 1,2,4)")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.shards.split(",")]
+    if counts[0] != 1 or any(n < 1 for n in counts):
+        parser.error("--shards: a comma-separated list of counts starting with 1, e.g. 1,2,4")
+    print(machine(((sys.executable, "-c", MOTO_VERSION),)))
+    with start_moto() as moto, tempfile.TemporaryDirectory(prefix="bench-shards-") as work:
+        s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                          aws_access_key_id=S3_CREDENTIALS["accesskey"],
+                          aws_secret_access_key=S3_CREDENTIALS["secretkey"])
+        proxies = {region: FaultProxy(moto.url).start() for region in REGIONS}
+        try:
+            buckets = {region: f"shards-{region}-{uuid.uuid4().hex[:8]}" for region in REGIONS}
+            for bucket in buckets.values():
+                s3.create_bucket(Bucket=bucket)
+            blocks = {region: {"s3": {**S3_CREDENTIALS, "bucket": buckets[region],
+                                      "regionendpoint": proxies[region].url, "secure": False}}
+                      for region in REGIONS}
+            for region in REGIONS:
+                registry = registry_gen.generate(open_storage(blocks[region]), size=args.size,
+                                                 tags=args.tags, repositories=args.repositories,
+                                                 seed=args.seed)
+            keys = Counter(repository_of(link) for link in registry.links
+                           if link.startswith(layout.REPOSITORIES_PREFIX))
+            links = sum(keys.values())
+            print(f"registry: {registry.keys} keys per region ({links} under "
+                  f"{layout.REPOSITORIES_PREFIX}), {len(registry.tags)} tags, "
+                  f"{len({name for name, _ in registry.tags})} repositories; seed {args.seed}")
+            config = config_module.parse({
+                "state": {"path": str(Path(work) / "state.db")},
+                "regions": {region: {"storage": block} for region, block in blocks.items()},
+                "policies": [{"name": "bench", "source": "src", "destinations": ["dst"]}],
+            })
+            state = StateStore(config.state_path)
+            run_policy(config, config.policies[0], state, RunOptions.from_config(config))
+            results = {count: [counted_pass(config, state, proxies, Shard(index, count))
+                               for index in range(count)] for count in counts}
+            state.close()
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+    print("\n".join(table(results, keys)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
