@@ -36,7 +36,8 @@ query without upload ids) gets a fault, which one and how it is cut, is a pure f
 
 ``kinds`` limits faults to requests of some kinds (``list``, ``get``, ``head``, ``put``,
 ``copy``, ``delete``), ``where`` to requests a predicate accepts, ``limit`` to a number of faults.
-``requests`` and ``faults`` count requests by kind and faults injected by fault kind;
+``requests`` and ``faults`` count requests by kind and faults injected by fault kind,
+``body_bytes`` the response body bytes passed to clients by request path (query left out);
 ``events`` is every request with the fault it got, ``finished`` (index for index) when the proxy
 was done with it (its answer sent or its connection broken), ``most_in_flight`` the most
 requests the proxy held at once; ``lost_uploads`` holds the ids of the
@@ -204,6 +205,7 @@ class FaultProxy:
         self.where = where
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.body_bytes: Counter[str] = Counter()
         self.events: list[Event] = []
         self.finished: list[float | None] = []
         self.most_in_flight = 0
@@ -351,6 +353,8 @@ class FaultProxy:
                 client.sendall(response.head)
                 for piece in _body(reader, response):
                     client.sendall(piece)
+                    with self._lock:
+                        self.body_bytes[request.path] += len(piece)
         finally:
             with self._lock:
                 self._sockets.discard(upstream)
