@@ -736,15 +736,21 @@ def machine() -> str:
             f"{rclone[0] if rclone else 'rclone not found'}, replicator at {commit or 'unknown'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def registry_arguments(description: str, concurrency: str) -> argparse.ArgumentParser:
+    """A parser with the options of the generated registry, the runs and the concurrency."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=registry_gen.parse_size, default=200 * MIB,
                         help="total blob bytes of the registry (default 200MiB; moto holds it in memory)")
     parser.add_argument("--tags", type=int, default=1000, help="tags (default 1000)")
     parser.add_argument("--repositories", type=int, default=50, help="repositories (default 50)")
     parser.add_argument("--runs", type=int, default=3, help="runs per timing, median (default 3)")
     parser.add_argument("--concurrency", type=int, default=8,
-                        help="the replicator's concurrency and rclone's --transfers (default 8)")
+                        help=f"the replicator's concurrency{concurrency} (default 8)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = registry_arguments(__doc__.split("\n\n")[0], " and rclone's --transfers")
     parser.add_argument("--only", choices=("fs", "s3"), help="one backend only")
     parser.add_argument("--s3-size", type=registry_gen.parse_size,
                         help="the S3 registry's size if not --size (moto holds it in memory)")
