@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
