@@ -189,7 +189,8 @@ def test_a_slow_destination_is_still_copying_when_the_others_are_done(world_fact
         with lock:
             moved[change.destination] = moved.get(change.destination, 0) + 1
             if change.destination != "slow" and moved[change.destination] == tags:
-                slow_when_done[change.destination] = live["slow"].blobs_copied
+                slow = live.get("slow")
+                slow_when_done[change.destination] = slow.blobs_copied if slow else 0
 
     eu, slow, sa = world.sync(on_pass=lambda report, _: live.setdefault(report.destination, report),
                               on_change=on_change)
