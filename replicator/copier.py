@@ -12,7 +12,10 @@ from the source itself (:meth:`~replicator.endpoints.base.Destination.copy_abili
 
 A streamed blob whose bytes do not match its digest or size is read again from the source (a
 body cut short without a length reads back short with no error) before it is declared corrupt.
-Manifests are written from the bytes already read and checked.
+Manifests are written from the bytes already read and checked. A streamed blob's bytes come
+from the source through a :class:`~replicator.tee.SourceTee`, which the destinations of a pass
+share so that a blob several of them lack is read from the source once; each destination
+hashes what it writes.
 
 A copier may pace what it streams (a :class:`~replicator.throttle.TokenBucket` shared by
 every copy into the destination; server-side copies are not paced) and spend an egress budget
@@ -37,6 +40,7 @@ from replicator.errors import ReplicationError
 from replicator.gate import Copy, Gate
 from replicator.manifests import Descriptor, Manifest
 from replicator.report import PassReport
+from replicator.tee import SourceTee
 from replicator.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -60,11 +64,14 @@ class BlobCopier:
     case nothing was made visible at the destination. ``server_side`` is one of ``SERVER_SIDE_MODES``; the first ``AccessDenied``
     from a server-side copy (or a hashed copy whose answer carried no hash) turns server-side
     copies off for the rest of the copier's pass (that blob and every later one stream).
+    Streamed blobs are read through ``tee`` (shared with the other destinations of the pass,
+    as ``reader``; without one, a tee of this copier's own).
     """
 
     def __init__(self, source: Endpoint, destination: Destination, pool: ThreadPoolExecutor,
                  report: PassReport, gate: Gate, server_side: str = "verified",
-                 throttle: TokenBucket | None = None, budget: EgressBudget | None = None):
+                 throttle: TokenBucket | None = None, budget: EgressBudget | None = None,
+                 tee: SourceTee | None = None, reader: str = ""):
         if server_side not in SERVER_SIDE_MODES:
             raise ValueError(f"server_side must be one of {SERVER_SIDE_MODES}")
         self.source = source
@@ -79,6 +86,8 @@ class BlobCopier:
         self._server_side = server_side if capable else "off"
         self.throttle = throttle
         self.budget = budget
+        self.tee = tee if tee is not None else SourceTee(source)
+        self.reader = reader or destination.name
 
     def ensure_blobs(self, name: str, blobs: list[Descriptor]) -> list[Future]:
         """One future per blob; those not yet copied or copying in this pass are admitted
@@ -105,6 +114,12 @@ class BlobCopier:
                     self._futures[step.digest].set_result(None)
                 return self._futures[step.digest]
             return _shared(self._futures[step.digest])
+
+    def streams(self, blob: Descriptor) -> bool:
+        """Whether the copier may yet stream ``blob`` in this pass: it has not copied it (or is
+        about to), and would not copy it server-side. Takes no lock."""
+        copy = self._futures.get(blob.digest)
+        return (copy is None or not copy.done()) and self.route(blob) == "stream"
 
     def route(self, blob: Descriptor) -> str:
         """How ``blob`` is to be copied: server-side ``hashed`` or ``plain``, or ``stream``
@@ -160,12 +175,14 @@ class BlobCopier:
             if 0 <= blob.size != size:
                 raise _wrong_size(blob, size)
 
+        source = self.tee.open(self.reader, name, blob, self.report)
+
         def chunks() -> Iterator[bytes]:
             """The source's bytes, checked before the last one is handed on (a destination may
             finish the upload as soon as it has ``blob.size`` bytes)."""
             nonlocal size
             try:
-                for chunk in self.source.blob_open(name, blob.digest):
+                for chunk in source:
                     hasher.update(chunk)
                     size += len(chunk)
                     if 0 <= blob.size <= size:
@@ -177,7 +194,10 @@ class BlobCopier:
                 raise _missing(blob) from None
             check()
 
-        self.destination.blob_write(name, blob.digest, blob.size, chunks())
+        try:
+            self.destination.blob_write(name, blob.digest, blob.size, chunks())
+        finally:
+            source.close()   # a failed write leaves the shared read at once
         return size
 
     def _copy_server_side(self, name: str, blob: Descriptor, hashed: bool) -> bool:

@@ -1,10 +1,13 @@
 """One replication pass: for each policy and destination, copy what the destination lacks.
 
-Per destination the pass takes a snapshot of the source and of the destination (one
-repository for a targeted pass; :mod:`replicator.endpoints`), then for every selected source
+A policy's pass takes one snapshot of the source (one repository for a targeted pass;
+:mod:`replicator.endpoints`), then runs a pass into every destination at once, each with its
+own workers, so that a slow or failing destination delays no other. Each takes a snapshot of
+its destination, then for every selected source
 tag whose digest differs at the destination: reads its manifests from the source, has the
 destination plan what it lacks, copies missing blobs and manifests (each digest once per
-destination per pass, hashed while it streams, or server-side), and makes the plan's steps
+destination per pass, hashed while it streams, or server-side; a blob several destinations
+stream is read from the source once for all of them, :mod:`replicator.tee`), and makes the plan's steps
 bottom-up with the tag's move after everything a pull needs. Every step that changes the
 destination passes one gate (:mod:`replicator.gate`), which a dry run closes. The engine knows
 registry concepts only: how an endpoint stores them is the endpoint's. Under ``artifacts:
@@ -38,7 +41,7 @@ from replicator.budget import EgressBudget
 from replicator.copier import BlobCopier
 from replicator.deletions import plan_deletions
 from replicator.endpoints import Endpoint, endpoint_for
-from replicator.endpoints.base import Selection, Snapshot
+from replicator.endpoints.base import DestinationSnapshot, Selection, Snapshot
 from replicator.errors import TAG_ERRORS, BudgetExhausted, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
@@ -46,6 +49,7 @@ from replicator.follow import Artifact, ArtifactFollower
 from replicator.gate import Gate, Link, Purge, Removal, Step, TagMove
 from replicator.manifests import (
     MAX_MANIFEST_SIZE,
+    Descriptor,
     Manifest,
     ManifestError,
     parse_manifest,
@@ -56,6 +60,7 @@ from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
 from replicator.sharding import Shard
+from replicator.tee import SourceTee
 from replicator.throttle import TokenBucket
 from replicator.windows import windows_open
 from replicator.signatures import require_signature, signature_tag
@@ -159,11 +164,13 @@ class SourceReader:
 
 
 class DestinationPass:
-    """One policy's pass into one destination region (or one repository of it)."""
+    """One policy's pass into one destination region (or one repository of it); ``tee``
+    shares its streamed blobs' source reads with the other destinations' passes."""
 
     def __init__(self, policy: Policy, source: SourceReader,
                  source_tags: dict[tuple[str, str], ObjectInfo], region: Region,
-                 state: StateStore, options: RunOptions, repository: str | None):
+                 state: StateStore, options: RunOptions, repository: str | None,
+                 tee: SourceTee | None = None):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
@@ -185,6 +192,17 @@ class DestinationPass:
         self._steps = Once()
         """Link steps several tags need (a shared layer's link): made once, the others wait."""
         self.planned = None if options.planned is None else options.planned.get(region.name, {})
+        self.tee = tee if tee is not None else SourceTee(source.endpoint)
+        self.held: DestinationSnapshot | None = None
+        self.copier: BlobCopier | None = None
+
+    def wants_stream(self, blob: Descriptor) -> bool:
+        """Whether the pass may yet stream ``blob`` from the source, as far as it knows without
+        a request (unknown: yes). Takes no lock (the tee asks under its own)."""
+        held, copier = self.held, self.copier
+        if held is not None and held.known_holding(blob.digest):
+            return False
+        return copier is None or copier.streams(blob)
 
     def run(self) -> PassReport:
         started = time.time()
@@ -212,8 +230,9 @@ class DestinationPass:
             self.copier = BlobCopier(self.source.endpoint, self.destination, blob_pool,
                                      self.report, self.gate, self.options.server_side_copy,
                                      TokenBucket(settings.bandwidth) if settings.bandwidth else None,
-                                     self.budget)
+                                     self.budget, self.tee, self.destination_name)
             self._replicate_all(tag_pool, 2 * workers)
+        self.tee.leave(self.destination_name)
         if self.repository is None:
             self.budget.note_waiting(sum(failure.kind == "budget" for failure in self.report.failures))
         if self.policy.delete:
@@ -514,10 +533,12 @@ def wanted(policy: Policy, options: RunOptions) -> Selection:
 
 def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOptions,
                repository: str | None = None) -> list[PassReport]:
-    """Run one pass of ``policy`` into each of its destinations, one after the other;
-    with ``repository``, a targeted pass over that repository only. Tags start in the policy's
-    order (:mod:`replicator.ordering`); with ``options.respect_windows``, destinations outside
-    their sync windows are left out (no report).
+    """Run one pass of ``policy`` into each of its destinations, all at once (each with
+    ``options.concurrency`` workers); with ``repository``, a targeted pass over that
+    repository only. Tags start in the policy's order (:mod:`replicator.ordering`) in each;
+    a blob several destinations stream is read from the source once where it can be
+    (:mod:`replicator.tee`). With ``options.respect_windows``, destinations outside their sync
+    windows are left out (no report). Reports come in the order of ``policy.destinations``.
 
     A region that cannot be listed fails the passes it is in (the source: all of them; a
     destination: its own), each report then has ``error`` set and a failed pass is recorded.
@@ -544,20 +565,28 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
                                 if policy_selects(policy, *key) and standalone(policy, key[1])
                                 and options.shard.owns(key[0])})
     source = SourceReader(source_endpoint, snapshot, started)
-    reports = []
-    for name in destinations:
-        destination_pass = DestinationPass(policy, source, tags, config.regions[name], state,
-                                           options, repository)
+    tee = SourceTee(source_endpoint)
+    passes = [DestinationPass(policy, source, tags, config.regions[name], state, options,
+                              repository, tee) for name in destinations]
+    for destination_pass in passes:
+        tee.join(destination_pass.destination_name, destination_pass.wants_stream)
+
+    def run(destination_pass: DestinationPass) -> PassReport:
+        name = destination_pass.destination_name
         try:
-            reports.append(destination_pass.run())
+            return destination_pass.run()
         except StorageError as error:
-            reports.append(_failed_pass(policy, name, error, state, started, options, repository,
-                                        destination_pass.report))
+            return _failed_pass(policy, name, error, state, started, options, repository,
+                                destination_pass.report)
         except Exception as error:  # a defect fails this destination's pass, not the run
             log.debug("unexpected error in the pass into %s", name, exc_info=True)
-            reports.append(_failed_pass(policy, name, unexpected(error), state, started, options,
-                                        repository, destination_pass.report))
-    return reports
+            return _failed_pass(policy, name, unexpected(error), state, started, options,
+                                repository, destination_pass.report)
+        finally:
+            tee.leave(name)
+
+    with ThreadPoolExecutor(len(passes), "pass") as pool:
+        return list(pool.map(run, passes))
 
 
 def _failed_pass(policy: Policy, destination: str, error: Exception, state: StateStore,

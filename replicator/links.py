@@ -5,13 +5,15 @@ from __future__ import annotations
 from drivers.base import StorageDriver
 from replicator import layout
 from replicator.inventory import Inventory
+from replicator.once import Once
 from state.store import StateStore, TagLink
 
 
 class TagLinks:
     """A region's tag links, read only when the listing's etag differs from the recorded one.
     Without a state store (``None``, for readers such as verify) every link is read and
-    nothing is recorded."""
+    nothing is recorded. A link several threads ask for at once (the passes into a policy's
+    destinations share the source's) is read once."""
 
     def __init__(self, region: str, storage: StorageDriver, inventory: Inventory,
                  state: StateStore | None, audit: bool):
@@ -20,6 +22,7 @@ class TagLinks:
         self.inventory = inventory
         self.state = state
         self.known = {} if audit or state is None else state.tag_links(region)
+        self._reads = Once()
 
     def digest(self, name: str, tag: str) -> str | None:
         """The tag's digest in this region, ``None`` if it has no tag link.
@@ -32,8 +35,11 @@ class TagLinks:
         known = self.known.get((name, tag))
         if known is not None and known.etag == info.etag:
             return known.digest
+        return self._reads.run((name, tag, info.etag), lambda: self._read(name, tag, info.etag))
+
+    def _read(self, name: str, tag: str, etag: str) -> str:
         digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
-        self.record(name, tag, info.etag, digest)
+        self.record(name, tag, etag, digest)
         return digest
 
     def record(self, name: str, tag: str, etag: str, digest: str) -> None:

@@ -6,7 +6,8 @@ links and manifests, nothing per blob) and leaves the state store as it was. Its
 observer (:class:`PassRecorder`) is shown every write the pass would make and asks the
 destination what each costs in requests (``write_requests``, ``copy_requests``,
 ``step_requests``, ``removal_requests``), with the source's reads of the blobs it would copy
-(one ``get`` per streamed blob, one ``head`` per server-side copy) and the CDN calls of its
+(one ``get`` per blob streamed into any destination of the policy, whose passes share the read;
+one ``head`` per server-side copy) and the CDN calls of its
 purges. The figures are those a ``sync --json`` right after reports when nothing fails and
 nothing changes in between; money is :func:`replicator.costs.estimate` of them.
 
@@ -45,9 +46,11 @@ TEXT_TAGS = 20
 
 class PassRecorder:
     """Prices, in requests and copies, the steps one dry-run destination pass records, and
-    counts its copies in the pass's report as the copier would."""
+    counts its copies in the pass's report as the copier would. ``streamed`` maps each blob
+    whose source read a recorder of the policy's destinations counted to that recorder (the
+    passes share the read, :mod:`replicator.tee`)."""
 
-    def __init__(self, destination_pass: DestinationPass):
+    def __init__(self, destination_pass: DestinationPass, streamed: dict[str, PassRecorder]):
         self.destination_pass = destination_pass
         self.report = destination_pass.report
         self.source = destination_pass.policy.source
@@ -56,6 +59,7 @@ class PassRecorder:
         self.tags: list[dict] = []
         self.purges: set[str] = set()
         self.uploads: dict[str, str] = {}
+        self.streamed = streamed
         self.manifest_bytes = 0
         self.budget_left: int | None = None
         """What the destination's egress budget still allows this period (``None``: no budget)."""
@@ -79,7 +83,8 @@ class PassRecorder:
             self.manifest_bytes += step.size
             self._count(manifests_copied=1, bytes_copied=step.size)
         elif isinstance(step, Copy) and step.route == "stream":
-            self.requests[self.source]["get"] += 1
+            if self.streamed.setdefault(step.digest, self) is self:
+                self.requests[self.source]["get"] += 1
             wrote.update(endpoint.write_requests(step.size))
             self.uploads.setdefault(step.digest, step.name)
             self._count(blobs_copied=1, bytes_copied=step.size)
@@ -179,12 +184,14 @@ def _dry_run(config: Config, policies: list[Policy], options: RunOptions,
     and notes on what the plan does not count."""
     recorders: dict[int, PassRecorder] = {}
 
-    def observer(destination_pass: DestinationPass) -> PassRecorder:
-        recorder = recorders[id(destination_pass.report)] = PassRecorder(destination_pass)
-        return recorder
+    def observer(streamed: dict[str, PassRecorder]):
+        def record(destination_pass: DestinationPass) -> PassRecorder:
+            recorder = recorders[id(destination_pass.report)] = PassRecorder(destination_pass,
+                                                                             streamed)
+            return recorder
+        return record
 
-    options = replace(options, dry_run=True, wait_for_purges=False, observer=observer,
-                      on_pass=None, planned=None)
+    options = replace(options, dry_run=True, wait_for_purges=False, on_pass=None, planned=None)
     reports: list[PassReport] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="replicator-plan-") as folder:
@@ -192,7 +199,8 @@ def _dry_run(config: Config, policies: list[Policy], options: RunOptions,
         try:
             for policy in policies:
                 notes.extend(_unfinished_passes(state, policy))
-                policy_reports = run_policy(config, policy, state, options)
+                policy_reports = run_policy(config, policy, state,
+                                            replace(options, observer=observer({})))
                 for report in policy_reports:
                     if id(report) in recorders:
                         recorders[id(report)].budget_left = remaining(

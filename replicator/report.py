@@ -10,7 +10,8 @@ COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "manifests_copied", "blobs_copied", "blobs_present", "bytes_copied",
             "server_side_copies", "server_side_verified", "server_side_trusted", "server_side_bytes",
             "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out",
-            "bandwidth_waits", "artifacts_replicated", "artifacts_unchanged", "artifacts_left_out")
+            "bandwidth_waits", "artifacts_replicated", "artifacts_unchanged", "artifacts_left_out",
+            "source_blob_bytes", "blobs_shared", "blobs_reread")
 """``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
 destination's storage copied from the source's itself (``server_side_verified`` of them with
 the SHA-256 proven by the provider, ``server_side_trusted`` checked by size only); ``bytes_copied`` counts only the bytes
@@ -20,7 +21,12 @@ refused for good, ``purges_timed_out`` those still retrying when the run's ``cdn
 out (the last two make the pass fail). ``bandwidth_waits`` counts the streamed chunks that
 waited for the destination's ``bandwidth`` limit. ``artifacts_*`` count artifact tags
 replicated ahead of their image (once per pass each), found already there, and left out past
-the bound on how many one image may have."""
+the bound on how many one image may have. ``source_blob_bytes`` counts the blob bytes the
+pass's streamed copies read from the source (a blob several destinations stream is read once,
+each chunk counted in the report of the destination that pulled it, so the sum over a run's
+reports is what the source served), ``blobs_shared`` the streamed blobs it took from a read
+another destination had started, ``blobs_reread`` those it read (or read the rest of) from
+the source again, having fallen behind or come late (:mod:`replicator.tee`)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class PassReport:
     artifacts_replicated: int = 0
     artifacts_unchanged: int = 0
     artifacts_left_out: int = 0
+    source_blob_bytes: int = 0
+    blobs_shared: int = 0
+    blobs_reread: int = 0
     planned_artifacts: list[str] = field(default_factory=list)
     """In a dry run, each artifact tag that would be replicated ahead of its image."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

@@ -36,7 +36,8 @@ query without upload ids) gets a fault, which one and how it is cut, is a pure f
 
 ``kinds`` limits faults to requests of some kinds (``list``, ``get``, ``head``, ``put``,
 ``copy``, ``delete``), ``where`` to requests a predicate accepts, ``limit`` to a number of faults.
-``requests`` and ``faults`` count requests by kind and faults injected by fault kind;
+``requests`` and ``faults`` count requests by kind and faults injected by fault kind,
+``body_bytes`` the response body bytes passed to clients by request path (query left out);
 ``events`` is every request with the fault it got, ``answered`` (index for index) when the proxy
 began its answer (sent the response head, or the whole made-up answer, or broke the
 connection): a client that waits for an answer can send nothing caused by it earlier;
@@ -205,6 +206,7 @@ class FaultProxy:
         self.where = where
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.body_bytes: Counter[str] = Counter()
         self.events: list[Event] = []
         self.answered: list[float | None] = []
         self.most_in_flight = 0
@@ -358,6 +360,8 @@ class FaultProxy:
                 self._note_answer(index)
                 for piece in _body(reader, response):
                     client.sendall(piece)
+                    with self._lock:
+                        self.body_bytes[request.path] += len(piece)
         finally:
             with self._lock:
                 self._sockets.discard(upstream)

@@ -27,6 +27,21 @@ def test_progress_line_shows_tags_blobs_bytes_and_rate():
     assert final.endswith("/s)\n")
 
 
+def test_progress_adds_up_a_policy_s_passes_running_at_once():
+    stream = io.StringIO()
+    progress = Progress(stream)
+    eu, ap = PassReport("prod", "us", "eu"), PassReport("prod", "us", "ap")
+    tags = [("a", "1"), ("b", "1")]
+    progress.start_pass(eu, tags)
+    progress.start_pass(ap, tags)
+    eu.count("tags_replicated", 2)
+    ap.count("tags_replicated", 1)
+    ap.count("blobs_copied", 3)
+    progress.close()
+    lines = [line for line in stream.getvalue().split("\r\x1b[2K") if line.endswith("\n")]
+    assert len(lines) == 1 and lines[0].startswith("prod -> eu, ap: 3/4 tags of 2 repositories, 3 blobs")
+
+
 def test_json_log_lines_carry_the_replication_fields():
     record = logging.LogRecord("replicator.engine", logging.WARNING, __file__, 1, "failed %s", ("x",), None)
     record.repository, record.tag, record.digest = "app", "1.0", "sha256:" + "a" * 64

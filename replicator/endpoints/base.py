@@ -75,6 +75,11 @@ class DestinationSnapshot(Snapshot):
         below it), in write order; pure given what the snapshot knows. ``current`` is the
         digest the tag points at now."""
 
+    def known_holding(self, digest: str) -> bool | None:
+        """Whether the endpoint holds the blob, as far as the snapshot already knows (no
+        request; callable from any thread); ``None`` when it cannot tell."""
+        return None
+
     @abstractmethod
     def made(self, step: tuple[str, str]) -> bool:
         """Whether the step is already made (by another tag of this pass, since it planned)."""
@@ -169,9 +174,9 @@ class Endpoint(ABC):
         """The blob's size. Raises ``NotFound``."""
 
     @abstractmethod
-    def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
-        """The blob's bytes in chunks, resumed where a stream broke. Raises ``NotFound``
-        before yielding anything."""
+    def blob_open(self, name: str, digest: str, offset: int = 0) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` in chunks, resumed where a stream broke. Raises
+        ``NotFound`` before yielding anything."""
 
 
 

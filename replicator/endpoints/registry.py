@@ -136,8 +136,8 @@ class RegistryEndpoint(Destination):
             raise NotFound(f"{self.describe()}: blob {digest} is not in {name}")
         return size
 
-    def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
-        return self.client.blob_open(name, digest)
+    def blob_open(self, name: str, digest: str, offset: int = 0) -> Iterator[bytes]:
+        return self.client.blob_open(name, digest, offset)
 
     def manifest_write(self, name: str, manifest: Manifest) -> None:
         self.client.manifest_put(name, manifest.digest, manifest.data, manifest.media_type)

@@ -71,8 +71,8 @@ class StorageEndpoint(Destination):
     def blob_size(self, name: str, digest: str) -> int:
         return self.storage.stat(layout.blob_key(digest)).size
 
-    def blob_open(self, name: str, digest: str) -> Iterator[bytes]:
-        return self.storage.open(layout.blob_key(digest))
+    def blob_open(self, name: str, digest: str, offset: int = 0) -> Iterator[bytes]:
+        return self.storage.open(layout.blob_key(digest), offset)
 
     def blob_write(self, name: str, digest: str, size: int, chunks: Iterable[bytes]) -> None:
         with self.storage.writer(layout.blob_key(digest)) as writer:
@@ -147,6 +147,12 @@ class StorageSnapshot(DestinationSnapshot):
             except NotFound:
                 pass
         return self.inventory.blobs
+
+    def known_holding(self, digest: str) -> bool | None:
+        """Known from the blobs listing once made (a full pass), else only for blobs probed."""
+        if self._blobs_listed or digest in self.inventory.blobs:
+            return digest in self.inventory.blobs
+        return None
 
     def plan(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
              current: str | None) -> TagPlan:
