@@ -1,4 +1,5 @@
-"""A filesystem-only ``sync`` loads no client library of a backend or face it does not use."""
+"""A filesystem-only ``sync`` loads no client library of a backend or face it does not use,
+nor the packages libraries import only because they are installed (numpy, pandas, trio)."""
 
 import json
 import subprocess
@@ -13,12 +14,13 @@ from replicator.demo import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 UNUSED = ("boto3", "botocore", "google", "azure", "swiftclient", "httpx", "prometheus_client",
-          "apscheduler", "cryptography")
+          "apscheduler", "cryptography", "numpy", "pandas", "trio")
 LAUNCHER = """
 import json, sys
-from replicator.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+from replicator.__main__ import main
+code = main()
+print(json.dumps({"code": code, "modules": sorted(name for name, module in sys.modules.items()
+                                                  if module is not None)}))
 """
 
 
