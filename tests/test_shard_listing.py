@@ -163,3 +163,27 @@ def test_four_shards_replicate_a_moved_tag_in_every_repository(world):
                   for index in range(4)]
     assert replicated == [1, 1, 1, 1]
     assert current_links(config.regions["dst"].storage) == current_links(config.regions["src"].storage)
+
+
+def test_discovery_finds_the_repositories_a_real_registry_catalogs(tmp_path):
+    """skopeo pushes to Debian's docker-registry (nested, underscored and plain names), and an
+    upload is left open in a repository of its own: one discovery listing of its storage finds
+    every repository of its ``_catalog``, plus the one holding only ``_uploads`` (which the
+    catalog leaves out, and whose listing finds no tag)."""
+    from drivers.filesystem import FilesystemDriver
+    from drivers.registry import RegistryClient
+    from replicator.listing import discover
+    from tests import registry as reg
+
+    image = sample_images.image([sample_images.layer({"app": b"discovered\n"})])
+    root = tmp_path / "registry"
+    with reg.start_registry(reg.filesystem_storage(root), tmp_path / "logs") as registry:
+        for name in ("apps/web", "apps/web/api", "my_app", "tools"):
+            reg.push(registry.url, name, "1", image, tmp_path / "work")
+        client = RegistryClient.from_config({"url": registry.url})
+        client.send("POST", client.endpoint("/v2/pending/blobs/uploads/"), kind="put").close()
+        catalog = sorted(name for page in client.catalog() for name in page)
+    storage = FilesystemDriver(str(root))
+    assert catalog == ["apps/web", "apps/web/api", "my_app", "tools"]
+    assert sorted(discover(storage)) == sorted([*catalog, "pending"])
+    assert storage.requests.snapshot()["list"] == 1
