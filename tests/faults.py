@@ -39,8 +39,8 @@ query without upload ids) gets a fault, which one and how it is cut, is a pure f
 ``requests`` and ``faults`` count requests by kind and faults injected by fault kind,
 ``body_bytes`` the response body bytes passed to clients by request path (query left out);
 ``events`` is every request with the fault it got, ``answered`` (index for index) when the proxy
-began its answer (sent the response head, or the whole made-up answer, or broke the
-connection): a client that waits for an answer can send nothing caused by it earlier;
+began its answer (just before it sent the first byte of it or broke the connection): a client
+that waits for an answer can send nothing caused by it earlier;
 ``most_in_flight`` is the most requests the proxy held at once; ``lost_uploads`` holds the ids of the
 multipart uploads created upstream whose creation response the client never received.
 """
@@ -334,6 +334,8 @@ class FaultProxy:
 
     def _answer(self, request: Request, client: socket.socket, fault: str | None,
                 rng: random.Random, index: int) -> bool:
+        if fault in _ERRORS or fault in ("throttle", "reset"):
+            self._note_answer(index)
         if fault in _ERRORS:
             client.sendall(_error_response(request, *_ERRORS[fault]))
             return True
@@ -353,11 +355,11 @@ class FaultProxy:
             upstream.sendall(_forwarded(request))
             with upstream.makefile("rb", buffering=_BUFFER) as reader:
                 response = _read_response_head(reader, request.method)
+                self._note_answer(index)
                 if fault in ("reset_body", "truncate", "cut_headers"):
                     self._break(client, reader, request, response, fault, rng)
                     return False
                 client.sendall(response.head)
-                self._note_answer(index)
                 for piece in _body(reader, response):
                     client.sendall(piece)
                     with self._lock:
