@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -59,6 +59,7 @@ from replicator.once import Once
 from replicator.planner import TagPlan
 from replicator.purging import deliver_purges, purge_urls
 from replicator.report import PassReport
+from replicator.settling import Settling
 from replicator.sharding import Shard
 from replicator.tee import SourceTee
 from replicator.throttle import TokenBucket
@@ -170,7 +171,7 @@ class DestinationPass:
     def __init__(self, policy: Policy, source: SourceReader,
                  source_tags: dict[tuple[str, str], ObjectInfo], region: Region,
                  state: StateStore, options: RunOptions, repository: str | None,
-                 tee: SourceTee | None = None):
+                 tee: SourceTee | None = None, settling: Settling | None = None):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
@@ -195,6 +196,9 @@ class DestinationPass:
         self.tee = tee if tee is not None else SourceTee(source.endpoint)
         self.held: DestinationSnapshot | None = None
         self.copier: BlobCopier | None = None
+        self.settling = settling
+        self._dirty: set[str] = set()
+        """Repositories this pass wrote to, or would delete from: not settled by it."""
 
     def wants_stream(self, blob: Descriptor) -> bool:
         """Whether the pass may yet stream ``blob`` from the source, as far as it knows without
@@ -210,9 +214,13 @@ class DestinationPass:
             died = self.state.begin_pass(self.policy.name, self.destination_name, started)
             if died or self.options.audit:
                 self._sweep_abandoned_uploads()
+        skip = None if self.settling is None or not self.source.snapshot.fingerprints else \
+            self.settling.destination_skips(self.destination_name,
+                                            self.source.snapshot.skipped.__contains__)
         self.held = self.destination.destination_snapshot(self.repository, self.state,
                                                           self.options.audit,
-                                                          wanted(self.policy, self.options))
+                                                          wanted(self.policy, self.options), skip)
+        self._restore_source()
         self.failing = self.state.failures(self.policy.name, self.destination_name)
         self.pending_since = self.state.pending(self.policy.name, self.destination_name)
         if self.options.on_pass is not None:
@@ -239,11 +247,46 @@ class DestinationPass:
             self._delete_removed_tags(held_tags)
         if not self.options.dry_run:
             self._record(started)
+            self._settle()
             timeout = self.region.cdn.timeout if self.options.wait_for_purges and self.region.cdn else None
             outcome = deliver_purges(self.region, self.state, timeout)
             for result in ("sent", "retrying", "failed", "timed_out"):
                 self.report.count(f"purges_{result}", getattr(outcome, result))
         return self.report
+
+    def _restore_source(self) -> None:
+        """Count the repositories skipped here as unchanged; have the source list again those
+        it left out that this destination's listing did not (:mod:`replicator.settling`)."""
+        if self.settling is None:
+            return
+        skipped = self.held.skipped
+        self.report.count("repositories_unchanged", len(skipped))
+        self.report.count("tags_unchanged", sum(self.settling.tags(self.destination_name, name)
+                                                for name in skipped))
+        restored: dict[tuple[str, str], ObjectInfo] = {}
+        for name in sorted(self.source.snapshot.skipped - skipped):
+            restored.update(self.source.snapshot.restore(name))
+        if restored:
+            self.source_tags = {**self.source_tags, **pass_tags(self.policy, self.options, restored)}
+
+    def _settle(self) -> None:
+        """Record the repositories this full pass found entirely in sync (and keep those it
+        skipped), for the next pass to skip."""
+        if self.settling is None or self.report.error is not None:
+            return
+        source, held = self.source.snapshot.fingerprints, self.held.fingerprints
+        failed = {failure.repository for failure in self.report.failures}
+        compared = Counter(name for name, _ in self.source_tags)
+        in_sync = Counter(name for name, _ in self.in_sync)
+        owned = wanted(self.policy, self.options).repository
+        settled = {}
+        for name in source.keys() & held.keys():
+            if name in self.held.skipped:
+                settled[name] = self.settling.rows[(self.destination_name, name)]
+            elif (owned(name) and name not in self._dirty and name not in failed
+                  and in_sync[name] == compared[name]):
+                settled[name] = self.settling.settle(source[name], held[name], compared[name])
+        self.state.replace_settled(self.policy.name, self.destination_name, settled, owned)
 
     def _sweep_abandoned_uploads(self) -> None:
         swept = self.destination.sweep_abandoned_uploads(self.options.abandoned_uploads_after)
@@ -322,6 +365,8 @@ class DestinationPass:
     def _write(self, name: str, tag: str, digest: str, tree: Mapping[str, Manifest],
                current: str | None, artifacts: tuple[str, ...] = ()) -> TagPlan:
         plan = self.held.plan(name, tag, digest, tree, current)
+        if not plan.empty:
+            self._dirty.add(name)
         self._count_reused(plan.reused)
         self._apply(plan, current, artifacts)
         return plan
@@ -408,6 +453,7 @@ class DestinationPass:
         its last two writes left it out). Known from the snapshot, so it costs no read."""
         step = self.held.complete_tag(name, tag, digest)
         if step is not None:
+            self._dirty.add(name)
             self._make(step)
 
     def _destination_digest(self, name: str, tag: str) -> str | None:
@@ -489,6 +535,7 @@ class DestinationPass:
                 if (name, tag) not in self.source.snapshot.tags and policy_selects(self.policy, name, tag)
                 and self.options.shard.owns(name)
                 and (self.planned is None or self.planned.get((name, tag), "") is None)}
+        self._dirty.update(name for name, _ in gone)
         plan = plan_deletions(gone, self.state.made_tags(self.destination_name),
                               self.state.tag_absences(self.policy.name, self.destination_name),
                               self.options.clock(), self.policy.delete_delay)
@@ -531,6 +578,14 @@ def wanted(policy: Policy, options: RunOptions) -> Selection:
         lambda name, tag: policy_selects(policy, name, tag) or wanted_tag(policy, tag))
 
 
+def pass_tags(policy: Policy, options: RunOptions,
+              tags: Mapping[tuple[str, str], ObjectInfo]) -> dict[tuple[str, str], ObjectInfo]:
+    """Of a source snapshot's ``tags``, those a pass of ``policy`` compares, in start order."""
+    return start_order(policy, {key: info for key, info in tags.items()
+                                if policy_selects(policy, *key) and standalone(policy, key[1])
+                                and options.shard.owns(key[0])})
+
+
 def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOptions,
                repository: str | None = None) -> list[PassReport]:
     """Run one pass of ``policy`` into each of its destinations, all at once (each with
@@ -555,19 +610,20 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
         return []
     resolve_flavours(config, policy)
     source_endpoint = endpoint_for(config.regions[policy.source])
+    settling = (Settling(policy, destinations, state.settled(policy.name))
+                if repository is None and not options.audit and options.planned is None else None)
     try:
         snapshot = source_endpoint.snapshot(repository, state, options.audit,
-                                            wanted(policy, options))
+                                            wanted(policy, options),
+                                            None if settling is None else settling.source_skips)
     except StorageError as error:
         return [_failed_pass(policy, name, error, state, started, options, repository)
                 for name in destinations]
-    tags = start_order(policy, {key: info for key, info in snapshot.tags.items()
-                                if policy_selects(policy, *key) and standalone(policy, key[1])
-                                and options.shard.owns(key[0])})
+    tags = pass_tags(policy, options, snapshot.tags)
     source = SourceReader(source_endpoint, snapshot, started)
     tee = SourceTee(source_endpoint)
     passes = [DestinationPass(policy, source, tags, config.regions[name], state, options,
-                              repository, tee) for name in destinations]
+                              repository, tee, settling) for name in destinations]
     for destination_pass in passes:
         tee.join(destination_pass.destination_name, destination_pass.wants_stream)
 

@@ -11,7 +11,7 @@ COUNTERS = ("tags_replicated", "tags_unchanged", "tags_deleted", "tags_failed",
             "server_side_copies", "server_side_verified", "server_side_trusted", "server_side_bytes",
             "purges_sent", "purges_retrying", "purges_failed", "purges_timed_out",
             "bandwidth_waits", "artifacts_replicated", "artifacts_unchanged", "artifacts_left_out",
-            "source_blob_bytes", "blobs_shared", "blobs_reread")
+            "source_blob_bytes", "blobs_shared", "blobs_reread", "repositories_unchanged")
 """``blobs_copied`` counts every blob copied, ``server_side_copies`` those of them the
 destination's storage copied from the source's itself (``server_side_verified`` of them with
 the SHA-256 proven by the provider, ``server_side_trusted`` checked by size only); ``bytes_copied`` counts only the bytes
@@ -26,7 +26,10 @@ pass's streamed copies read from the source (a blob several destinations stream 
 each chunk counted in the report of the destination that pulled it, so the sum over a run's
 reports is what the source served), ``blobs_shared`` the streamed blobs it took from a read
 another destination had started, ``blobs_reread`` those it read (or read the rest of) from
-the source again, having fallen behind or come late (:mod:`replicator.tee`)."""
+the source again, having fallen behind or come late (:mod:`replicator.tee`).
+``repositories_unchanged`` counts the repositories the pass skipped, found in sync before and
+listed the same at both ends since (:mod:`replicator.settling`); their tags count in
+``tags_unchanged``."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class PassReport:
     source_blob_bytes: int = 0
     blobs_shared: int = 0
     blobs_reread: int = 0
+    repositories_unchanged: int = 0
     planned_artifacts: list[str] = field(default_factory=list)
     """In a dry run, each artifact tag that would be replicated ahead of its image."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

@@ -28,6 +28,11 @@ Deleting the database costs one full re-scan, nothing else. It holds:
 - ``listing_keys``: for each storage region, how many keys its last listings found under each
   repository (``""``: under none), from which a sharded pass tells whether listing only its
   own repositories costs fewer requests than one listing of all (:mod:`replicator.listing`);
+- ``settled``: for each policy, destination and repository that a pass found entirely in sync
+  (nothing to copy, move, delete or retry), a digest of what the listings of the repository at
+  the source and at the destination showed then, of the policy's settings, and how many of its
+  tags the pass compared: a later pass whose listings show the same skips the repository
+  (:mod:`replicator.settling`);
 - ``announced``: the tags (or repositories, tag ``""``) a push or delete event announced, until
   a pass that began after the event leaves them in sync, so that a scheduled pass can tell the
   changes it finds that no event announced.
@@ -44,6 +49,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +139,13 @@ def _listing_keys(db: sqlite_utils.Database) -> None:
                               pk=("region", "repository"))
 
 
+@migrations(name="0012_settled")
+def _settled(db: sqlite_utils.Database) -> None:
+    db["settled"].create({"policy": str, "destination": str, "repository": str, "source": str,
+                          "held": str, "settings": str, "tags": int},
+                         pk=("policy", "destination", "repository"))
+
+
 @dataclass(frozen=True)
 class PurgeItem:
     """``generation`` counts the changes this URL was enqueued for; with the URL it names one
@@ -150,6 +163,17 @@ class PurgeItem:
 class TagLink:
     etag: str
     digest: str
+
+
+@dataclass(frozen=True)
+class SettledRepository:
+    """A repository a pass found in sync: the fingerprints of its listings at the source
+    and at the destination (``held``), of the policy's settings, and the tags it compared."""
+
+    source: str
+    held: str
+    settings: str
+    tags: int
 
 
 @dataclass(frozen=True)
@@ -221,15 +245,14 @@ class StateStore:
             self.flush()
             self.db.conn.close()
 
-    def tag_links(self, region: str) -> dict[tuple[str, str], TagLink]:
-        """Every recorded tag link of ``region``, by (repository, tag)."""
+    def tag_links(self, region: str, repository: str) -> dict[str, TagLink]:
+        """The recorded tag links of ``region``'s ``repository``, by tag."""
         with self._lock:
             self.flush()
-            rows = self.db.query("select repository, tag, etag, digest from tag_links where region = ?",
-                                 [region])
+            rows = self.db.execute("select tag, etag, digest from tag_links where region = ? "
+                                   "and repository = ?", [region, repository])
             intern = sys.intern
-            return {(intern(row["repository"]), intern(row["tag"])):
-                    TagLink(row["etag"], intern(row["digest"])) for row in rows}
+            return {intern(tag): TagLink(etag, intern(digest)) for tag, etag, digest in rows}
 
     def record_tag_link(self, region: str, repository: str, tag: str, etag: str, digest: str) -> None:
         """Remember that ``region``'s link for the tag had ``etag`` and held ``digest``."""
@@ -276,6 +299,30 @@ class StateStore:
             self.db["listing_keys"].insert_all(
                 [{"region": region, "repository": name, "keys": keys}
                  for name, keys in {**kept, **counts}.items()], pk=("region", "repository"))
+
+    def settled(self, policy: str) -> dict[tuple[str, str], SettledRepository]:
+        """The repositories found in sync by the policy's passes, by (destination, repository)."""
+        with self._lock:
+            rows = self.db.execute("select destination, repository, source, held, settings, tags "
+                                   "from settled where policy = ?", [policy])
+            return {(destination, repository): SettledRepository(*rest)
+                    for destination, repository, *rest in rows}
+
+    def replace_settled(self, policy: str, destination: str,
+                        settled: dict[str, SettledRepository], scope: Callable[[str], bool]) -> None:
+        """Make ``settled`` the destination's settled repositories among those ``scope``
+        accepts (the others' rows stay as they are)."""
+        with self._lock, self.db.conn:
+            rows = self.db.execute("select repository from settled where policy = ? and "
+                                   "destination = ?", [policy, destination]).fetchall()
+            self.db.conn.executemany(
+                "delete from settled where policy = ? and destination = ? and repository = ?",
+                [(policy, destination, name) for name, in rows if scope(name)])
+            self.db.conn.executemany(
+                "insert or replace into settled (policy, destination, repository, source, held, "
+                "settings, tags) values (?, ?, ?, ?, ?, ?, ?)",
+                [(policy, destination, name, row.source, row.held, row.settings, row.tags)
+                 for name, row in settled.items()])
 
     def record_pass(self, record: PassRecord) -> None:
         with self._lock, self.db.conn:

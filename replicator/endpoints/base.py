@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from drivers.base import ObjectInfo, RequestCounter
 from replicator.manifests import Manifest
@@ -49,7 +50,20 @@ class Snapshot(ABC):
     """
 
     tags: Mapping[tuple[str, str], TagEntry]
-    """Every tag the listing showed, by (repository, tag)."""
+    """Every tag the listing showed, by (repository, tag), but those of ``skipped``."""
+
+    fingerprints: Mapping[str, str] = MappingProxyType({})
+    """By repository, :func:`replicator.settling.fingerprint` of every entry the listing showed
+    of it, where the endpoint's listing shows each key of a repository (storage); else empty."""
+
+    skipped: frozenset[str] | set[str] = frozenset()
+    """The repositories the listing showed and left out, as the caller's ``skip`` asked."""
+
+    def restore(self, name: str) -> Mapping[tuple[str, str], TagEntry]:
+        """List the skipped repository ``name`` again, into the snapshot (once, however many
+        threads ask); its tags. Its fingerprint becomes the new listing's. Raises
+        ``StorageError``, and ``ValueError`` for a repository this snapshot did not skip."""
+        raise ValueError(f"{name} was not left out of the listing")
 
     @abstractmethod
     def tag_digest(self, name: str, tag: str) -> str | None:
@@ -149,11 +163,15 @@ class Endpoint(ABC):
 
     @abstractmethod
     def snapshot(self, repository: str | None, state, audit: bool,
-                 wanted: Selection | None = None) -> Snapshot:
+                 wanted: Selection | None = None,
+                 skip: Callable[[str, str], bool] | None = None) -> Snapshot:
         """List the endpoint (or one repository of it). ``state`` is the state store holding
         the tags last seen (``None``: nothing cached); ``audit`` trusts none of it. ``wanted``
         may leave out what the caller will not use, where that saves requests (an endpoint
-        whose listing shows everything anyway may ignore it). Raises ``StorageError``."""
+        whose listing shows everything anyway may ignore it). ``skip(name, fingerprint)``, asked
+        once per repository listed, leaves out a repository the caller needs nothing of
+        (:mod:`replicator.settling`); an endpoint without ``fingerprints`` ignores it. Raises
+        ``StorageError``."""
 
     @abstractmethod
     def tag_read(self, name: str, tag: str) -> str:
@@ -185,10 +203,11 @@ class Destination(Endpoint):
 
     @abstractmethod
     def destination_snapshot(self, repository: str | None, state, audit: bool,
-                             wanted: Selection | None = None) -> DestinationSnapshot:
+                             wanted: Selection | None = None,
+                             skip: Callable[[str, str], bool] | None = None) -> DestinationSnapshot:
         """What a pass writing here (or verifying what it holds) starts from: as
-        :meth:`Endpoint.snapshot` (``wanted`` likewise), with what such a pass needs. Raises
-        ``StorageError``."""
+        :meth:`Endpoint.snapshot` (``wanted`` and ``skip`` likewise), with what such a pass
+        needs. Raises ``StorageError``."""
 
     @abstractmethod
     def manifest_write(self, name: str, manifest: Manifest) -> None:

@@ -59,7 +59,7 @@ class RegistryEndpoint(Destination):
         self._homes_lock = threading.Lock()
 
     def destination_snapshot(self, repository: str | None, state, audit: bool,
-                             wanted: Selection | None = None) -> RegistryDestination:
+                             wanted: Selection | None = None, skip=None) -> RegistryDestination:
         """Lists nothing up front: a pass into a registry lists a repository's tags when it
         first asks for one of them, and asks per blob and manifest (``wanted`` is not needed:
         nothing is listed that a pass does not ask for). ``state`` (if any) remembers across
@@ -91,8 +91,9 @@ class RegistryEndpoint(Destination):
                       if not patterns or any(fnmatchcase(name, pattern) for pattern in patterns))
 
     def snapshot(self, repository: str | None, state, audit: bool,
-                 wanted: Selection | None = None) -> RegistrySnapshot:
-        """Tags ``wanted`` leaves out are never HEADed; repositories it leaves out never listed."""
+                 wanted: Selection | None = None, skip=None) -> RegistrySnapshot:
+        """Tags ``wanted`` leaves out are never HEADed; repositories it leaves out never listed.
+        A tag list shows no change token, so nothing is ever skipped."""
         names = [repository] if repository else self.repositories()
         if wanted is not None:
             names = [name for name in names if wanted.repository(name)]

@@ -13,18 +13,20 @@ then its index link.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from drivers.base import HashedServerSideCopy, ServerSideCopy, StorageDriver
+from drivers.base import HashedServerSideCopy, ObjectInfo, ServerSideCopy, StorageDriver
 from drivers.errors import NotFound
 from replicator import layout
 from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoint,
                                        Selection)
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
-from replicator.listing import repository_pages
+from replicator.listing import repository_of, repository_pages
+from replicator.once import Once
 from replicator.manifests import Manifest
 from replicator.planner import TagPlan, plan_tag
+from replicator.settling import fingerprint
 
 
 class StorageEndpoint(Destination):
@@ -39,25 +41,27 @@ class StorageEndpoint(Destination):
         return self.storage.describe()
 
     def snapshot(self, repository: str | None, state, audit: bool,
-                 wanted: Selection | None = None) -> StorageSnapshot:
+                 wanted: Selection | None = None,
+                 skip: Callable[[str, str], bool] | None = None) -> StorageSnapshot:
         """One listing of ``repository``, or of the repositories ``wanted`` selects, in one
         listing of all or in one per repository, whichever :mod:`replicator.listing` finds
-        cheaper; without ``wanted`` or ``state``, one listing of all."""
+        cheaper; without ``wanted`` or ``state``, one listing of all. With ``skip``, each
+        repository's entries are fingerprinted as the pages stream past, and held only if
+        ``skip`` does not leave them out."""
         if repository:
             pages = self.storage.list(layout.repository_prefix(repository))
         else:
             pages = repository_pages(self.storage, self.name, state,
                                      None if wanted is None else wanted.repository)
-        inventory = Inventory().add(pages, repository)
-        return StorageSnapshot(self, inventory, TagLinks(self.name, self.storage, inventory, state,
-                                                         audit), repository)
+        return StorageSnapshot(self, pages, state, audit, repository, skip)
 
     def tag_read(self, name: str, tag: str) -> str:
         return layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
 
     def destination_snapshot(self, repository: str | None, state, audit: bool,
-                             wanted: Selection | None = None) -> StorageSnapshot:
-        return self.snapshot(repository, state, audit, wanted)
+                             wanted: Selection | None = None,
+                             skip: Callable[[str, str], bool] | None = None) -> StorageSnapshot:
+        return self.snapshot(repository, state, audit, wanted, skip)
 
     def probe(self) -> None:
         next(iter(self.storage.list(layout.ROOT)), None)
@@ -113,16 +117,56 @@ class StorageEndpoint(Destination):
 class StorageSnapshot(DestinationSnapshot):
     """One listing of a storage endpoint: its :class:`~replicator.inventory.Inventory`."""
 
-    def __init__(self, endpoint: StorageEndpoint, inventory: Inventory, links: TagLinks,
-                 repository: str | None):
+    def __init__(self, endpoint: StorageEndpoint, pages: Iterable[list[ObjectInfo]], state,
+                 audit: bool, repository: str | None,
+                 skip: Callable[[str, str], bool] | None = None):
         self.endpoint = endpoint
-        self.inventory = inventory
-        self.links = links
+        self.inventory = Inventory()
+        self.links = TagLinks(endpoint.name, endpoint.storage, self.inventory, state, audit)
         self.repository = repository
-        self.tags = inventory.tags
+        self.tags = self.inventory.tags
         self._blobs_listed = False
         self._probed: set[str] = set()
         self._lock = threading.Lock()
+        self._restored = Once()
+        if skip is None:
+            self.inventory.add(pages, repository)
+        else:
+            self._take(pages, skip)
+
+    def _take(self, pages: Iterable[list[ObjectInfo]], skip: Callable[[str, str], bool]) -> None:
+        fingerprints: dict[str, str] = {}
+        skipped: set[str] = set()
+        for name, entries in _repositories(pages):
+            if not name:
+                self.inventory.add([entries], self.repository)
+            elif name in fingerprints:   # listed apart from its other keys: never left out
+                del fingerprints[name]
+                self.inventory.add([entries], self.repository)
+                if name in skipped:
+                    skipped.discard(name)
+                    self.inventory.add(self.endpoint.storage.list(layout.repository_prefix(name)), name)
+            else:
+                fingerprints[name] = fingerprint(entries)
+                if skip(name, fingerprints[name]):
+                    skipped.add(name)
+                else:
+                    self.inventory.add([entries], self.repository)
+        self.fingerprints = fingerprints
+        self.skipped = frozenset(skipped)
+
+    def restore(self, name: str) -> Mapping[tuple[str, str], ObjectInfo]:
+        if name not in self.skipped:
+            return super().restore(name)
+        return self._restored.run(name, lambda: self._relist(name))
+
+    def _relist(self, name: str) -> dict[tuple[str, str], ObjectInfo]:
+        entries = [info for page in self.endpoint.storage.list(layout.repository_prefix(name))
+                   for info in page if repository_of(info.key) == name]
+        restored = Inventory().add([entries], name)
+        self.fingerprints[name] = fingerprint(entries)
+        self.inventory.add([entries], name)
+        return restored.tags
 
     def tag_digest(self, name: str, tag: str) -> str | None:
         return self.links.digest(name, tag)
@@ -209,3 +253,18 @@ class StorageSnapshot(DestinationSnapshot):
         if layout.tag_index_key(name, tag, digest) in self.inventory.links:
             return []
         return [("missing-tag-index", f"tag index link for {digest}")]
+
+
+def _repositories(pages: Iterable[list[ObjectInfo]]) -> Iterator[tuple[str, list[ObjectInfo]]]:
+    """Listing entries in runs of one repository each (``""``: keys under none), as listed."""
+    name, entries = None, []
+    for page in pages:
+        for info in page:
+            owner = repository_of(info.key)
+            if owner != name:
+                if entries:
+                    yield name, entries
+                name, entries = owner, []
+            entries.append(info)
+    if entries:
+        yield name, entries
