@@ -46,22 +46,28 @@ _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 
+def _storage_error(action: str, key: str, error: OSError) -> StorageError:
+    kind = (NotFound if error.errno in _NOT_FOUND else
+            AccessDenied if error.errno in _DENIED else StorageError)
+    return kind(f"filesystem {action} {key!r}: {error.strerror or error}")
+
+
 @contextmanager
 def _os_errors(action: str, key: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        kind = (NotFound if error.errno in _NOT_FOUND else
-                AccessDenied if error.errno in _DENIED else StorageError)
-        raise kind(f"filesystem {action} {key!r}: {error.strerror or error}") from None
+        raise _storage_error(action, key, error) from None
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime_ns / 1e9)
 
 
-def _byte_order(entry: os.DirEntry) -> bytes:
-    return os.fsencode(entry.name) + (b"/" if entry.is_dir(follow_symlinks=False) else b"")
+def _byte_order(entry: os.DirEntry) -> str:
+    """Where the entry's key sorts among its directory's: UTF-8 keeps code point order, so the
+    name (a directory's with the ``/`` its keys go on with) sorts as its bytes do."""
+    return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
 
 
 def _fsync_directory(path: str) -> None:
@@ -236,18 +242,28 @@ class FilesystemDriver(StorageDriver):
         return swept
 
     def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
-        for entry in self._entries(directory, prefix):
-            key = prefix + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if key != TEMP_DIR:
-                    yield from self._walk(entry.path, key + "/")
-            elif entry.is_file(follow_symlinks=False):
-                with _os_errors("list", prefix):
+        """The files below ``directory`` (whose keys start with ``prefix``) in byte order of
+        their keys: depth first, from an explicit stack (a registry's keys lie ten
+        directories deep, and a recursive generator passes each entry up through every level)."""
+        stack = [(iter(self._entries(directory, prefix)), prefix)]
+        while stack:
+            entries, base = stack[-1]
+            for entry in entries:
+                key = base + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if key != TEMP_DIR:
+                        stack.append((iter(self._entries(entry.path, key + "/")), key + "/"))
+                        break
+                elif entry.is_file(follow_symlinks=False):
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                yield _info(key, st)
+                    except OSError as error:
+                        raise _storage_error("list", base, error) from None
+                    yield _info(key, st)
+            else:
+                stack.pop()
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
