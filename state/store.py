@@ -231,7 +231,8 @@ class StateStore:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self.db = sqlite_utils.Database(connection)
+        # no sqlite-utils plugin is used: loading them scans every installed package's metadata
+        self.db = sqlite_utils.Database(connection, execute_plugins=False)
         self._lock = threading.RLock()
         self._pending: dict[tuple[str, str, str], TagLink | None] = {}
         with self._lock:

@@ -1,5 +1,6 @@
 """A filesystem-only ``sync`` loads no client library of a backend or face it does not use,
-nor the packages libraries import only because they are installed (numpy, pandas, trio)."""
+nor the packages libraries import only because they are installed (numpy, pandas, trio), nor
+the installed packages' metadata (``--version`` reads it; sqlite-utils' plugins would)."""
 
 import json
 import subprocess
@@ -42,3 +43,10 @@ def test_a_filesystem_only_sync_imports_no_unused_client_library(tmp_path):
     loaded = {name.split(".")[0] for name in result["modules"]}
     assert loaded.isdisjoint(UNUSED), sorted(loaded & set(UNUSED))
     assert "replicator.engine" in result["modules"]
+    assert "importlib.metadata" not in result["modules"]
+
+
+def test_version_reads_the_installed_package():
+    run = subprocess.run([sys.executable, "-m", "replicator", "--version"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.startswith("replicator ") and run.stdout.strip() != "replicator"
