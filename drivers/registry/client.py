@@ -51,6 +51,9 @@ DEFAULT_TIMEOUT = 60
 DEFAULT_CHUNK_SIZE = 8 * MIB
 MIN_CHUNK_SIZE = 64 * 1024
 MESSAGE_LIMIT = 300
+KEEP_ALIVE = 32
+"""Connections to a registry kept open for later requests (httpx keeps 20): as many as the
+widest concurrency of a caller, so that none is closed and opened again between requests."""
 HOST_BACKOFF = Backoff(initial=0.5, maximum=30.0, jitter=0.1, retry_after_limit=60.0)
 """How long a throttled host is left alone: after its ``n``-th consecutive 429 (or 503 with
 ``Retry-After``), never less than the ``Retry-After`` it sent (up to a minute)."""
@@ -211,6 +214,8 @@ class Session:
         self._hosts_lock = threading.Lock()
         self._http = httpx.Client(verify=default_tls() if verify is True else verify,
                                   timeout=httpx.Timeout(timeout),
+                                  limits=httpx.Limits(max_connections=100,
+                                                      max_keepalive_connections=KEEP_ALIVE),
                                   follow_redirects=False, trust_env=False, transport=transport)
         self._credentials = Credentials(username, password, self._fetch_token)
 
