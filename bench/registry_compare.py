@@ -19,7 +19,14 @@ same ``sync`` again, alternating. Every registry logs its requests (``accesslog`
 tools' requests are counted at A and at their copy by the same measure, in the replicator's
 kinds (list/get/head/put/copy/delete; ``GET /v2/`` as ``get``, an upload's POST, PATCH and
 PUT as ``put``, a mount's POST as ``copy``); the replicator's own ``--json`` counts are shown
-beside them.
+beside them, and so is the CPU the registries spent serving each tool (A's and its copy's,
+from ``/proc``).
+
+The replicator runs from this source tree. Where the environment sets
+``PYTHONDONTWRITEBYTECODE`` (this project's machine does), every run compiles the project's
+modules again; a package installed by pip has them compiled once. So each no-change run also
+times the replicator with a bytecode cache of its own (``PYTHONPYCACHEPREFIX`` in the bench's
+temporary directory, filled by a warm-up pass), as a row of its own.
 
     python bench/registry_compare.py [--size 200MiB] [--tags 300] [--repositories 20]
                                      [--runs 3] [--concurrency 8] [--seed 0]
@@ -45,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import registry_gen  # noqa: E402
-from compare import (PROJECT, Result, format_table, kinds, machine, median, ratio,  # noqa: E402
-                     registry_arguments, run)
+from compare import (PROJECT, Result, format_table, kinds, machine, median,  # noqa: E402
+                     process_cpu, ratio, registry_arguments, run)
 from drivers.filesystem import FilesystemDriver  # noqa: E402
 from drivers.registry.manifest import ACCEPT  # noqa: E402
 from tests.registry import filesystem_storage, start_registry  # noqa: E402
@@ -56,6 +63,8 @@ SKOPEO = shutil.which("skopeo") or "skopeo"
 REGISTRY = shutil.which("docker-registry") or "docker-registry"
 SKOPEO_CACHE = "/var/lib/containers/cache"
 TOOLS = ("ours", "skopeo")
+CACHED = "ours cached"
+"""The replicator with a bytecode cache of its own (see the module docstring)."""
 _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) (\d+)')
 
 
@@ -101,6 +110,10 @@ class Counted:
                          if line[1] == "GET" and "/blobs/sha256:" in line[2])
         return dict(Counter(request_kind(line[1], line[2]) for line in lines)), blob_bytes
 
+    def cpu(self) -> float:
+        """User + system seconds the registry has used so far."""
+        return process_cpu(self.service.process.pid)
+
     def stop(self) -> None:
         self.service.stop()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -139,7 +152,8 @@ class Bench:
 
     # -- the tools ---------------------------------------------------------------------------
 
-    def ours(self, destination: Counted, state: Path) -> Result:
+    def ours(self, destination: Counted, state: Path, cached: bool = False) -> Result:
+        """``sync --json``; ``cached``: with a bytecode cache of its own (see the docstring)."""
         config = self.work / f"ours-{destination.service.port}.yml"
         config.write_text(yaml.safe_dump({
             "state": {"path": str(state)},
@@ -148,6 +162,9 @@ class Bench:
                         "b": {"registry": {"url": destination.url}}},
             "policies": [{"name": "bench", "source": "a", "destinations": ["b"]}]}))
         env = dict(os.environ, PYTHONPATH=str(PROJECT))
+        if cached:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
         return run([sys.executable, "-m", "replicator", "sync", "--json", "--quiet",
                     "--config", str(config)], env)
 
@@ -185,10 +202,13 @@ class Bench:
         self.source = Counted(root, self.work / "logs")
 
     def measure(self, tool: str, destination: Counted, action) -> tuple[Result, dict, dict]:
-        """``action()``'s result and the requests A and ``destination`` logged during it."""
+        """``action()``'s result (its ``server_cpu`` the CPU seconds A and ``destination``
+        spent meanwhile) and the requests A and ``destination`` logged during it."""
         self.source.mark()
         destination.mark()
+        before = self.source.cpu() + destination.cpu()
         result = action()
+        result.server_cpu = self.source.cpu() + destination.cpu() - before
         return result, self.source.since(), destination.since()
 
     def verify(self, tool: str, destination: Counted) -> None:
@@ -202,6 +222,7 @@ class Bench:
         args, registry = self.args, self.registry
         walls: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         cpus: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+        served_cpus: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         counts: dict[str, tuple] = {}
         kept: dict[str, tuple[Counted, Path]] = {}
         try:
@@ -229,6 +250,7 @@ class Bench:
                     self.verify(tool, destination)
                     walls[tool].append(result.wall)
                     cpus[tool].append(result.cpu)
+                    served_cpus[tool].append(result.server_cpu)
                     counts[tool] = (at_a, at_dst)
         except BaseException:
             for destination, _ in kept.values():
@@ -236,41 +258,54 @@ class Bench:
             raise
         self.timing("initial", f"wall s (median of {args.runs})", walls, target=1.0)
         self.timing("initial", "CPU s user+sys (median)", cpus)
+        self.timing("initial", "registries' CPU s serving it, A + copy (median)", served_cpus)
         self.requests("initial", counts)
         return kept
 
     def no_change(self, kept: dict[str, tuple[Counted, Path]]) -> None:
         args, tags = self.args, len(self.registry.tags)
-        walls: dict[str, list[float]] = {tool: [] for tool in TOOLS}
-        cpus: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+        variants = (*TOOLS, CACHED)
+        walls: dict[str, list[float]] = {tool: [] for tool in variants}
+        cpus: dict[str, list[float]] = {tool: [] for tool in variants}
+        served_cpus: dict[str, list[float]] = {tool: [] for tool in variants}
         counts: dict[str, tuple] = {}
         actions = {"ours": lambda: self.ours(*kept["ours"]),
+                   CACHED: lambda: self.ours(*kept["ours"], cached=True),
                    "skopeo": lambda: self.skopeo(*kept["skopeo"])}
-        self.log("no-change pass, ours, warm-up (fills its state store)")
+        self.log("no-change pass, ours, warm-up (fills its state store and its bytecode cache)")
         actions["ours"]()
+        actions[CACHED]()
         for number in range(args.runs):
-            for tool in TOOLS if number % 2 == 0 else TOOLS[::-1]:
+            for tool in (*TOOLS, CACHED) if number % 2 == 0 else (CACHED, *TOOLS[::-1]):
                 self.log(f"no-change pass, {tool}, run {number + 1}/{args.runs}")
-                result, at_a, at_dst = self.measure(tool, kept[tool][0], actions[tool])
-                if tool == "ours":
+                copy = kept["skopeo" if tool == "skopeo" else "ours"][0]
+                result, at_a, at_dst = self.measure(tool, copy, actions[tool])
+                if tool != "skopeo":
                     report = result.report()
                     if report["passes"][0]["tags_unchanged"] != tags:
                         raise RuntimeError(f"ours: not a no-change pass: {result.stdout[-2000:]}")
                     counts["json"] = report["requests"]
                 walls[tool].append(result.wall)
                 cpus[tool].append(result.cpu)
-                counts[tool] = (at_a, at_dst)
+                served_cpus[tool].append(result.server_cpu)
+                if tool in TOOLS:
+                    counts[tool] = (at_a, at_dst)
         for tool in TOOLS:
             self.verify(tool, kept[tool][0])
         self.timing("no change", f"wall s (median of {args.runs})", walls, target=0.5)
         self.timing("no change", "CPU s user+sys (median)", cpus)
+        self.timing("no change", "registries' CPU s serving it, A + copy (median)", served_cpus)
+        self.timing("no change", f"wall s, ours with its bytecode cached (median of {args.runs})",
+                    walls, target=0.5, ours=CACHED)
+        self.timing("no change", "CPU s, ours with its bytecode cached (median)", cpus, ours=CACHED)
         self.requests("no change", counts)
 
     # -- the table ---------------------------------------------------------------------------
 
     def timing(self, scenario: str, measure: str, samples: dict[str, list[float]],
-               target: float | None = None) -> None:
+               target: float | None = None, ours: str = "ours") -> None:
         values = {tool: median(found) for tool, found in samples.items()}
+        values["ours"] = values[ours]
         met = "" if target is None else ("yes" if values["ours"] <= target * values["skopeo"] else "NO")
         self.rows.append([scenario, measure, f"{values['ours']:.2f}", f"{values['skopeo']:.2f}",
                           ratio(values["ours"], values["skopeo"]),
@@ -311,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{Path(tool).name} is not installed ({hint})")
 
     print(machine(((SKOPEO, "--version"), (REGISTRY, "--version"))), flush=True)
+    print(f"PYTHONDONTWRITEBYTECODE is {'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'not set'}; "
+          f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as folder:
         bench = Bench(args, Path(folder))
@@ -326,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.source.stop()
     print(f"flags: --size {registry_gen.human(args.size)} --tags {args.tags} --repositories "
           f"{args.repositories} --runs {args.runs} --concurrency {args.concurrency} --seed "
-          f"{args.seed}; total {time.monotonic() - started:.0f} s")
+          f"{args.seed}; total {time.monotonic() - started:.0f} s; load average at the end "
+          f"{' '.join(f'{load:.1f}' for load in os.getloadavg())}")
     for note in bench.notes:
         print(note)
     print(f"requests l/g/h/p/c/d = list/get/head/put/copy/delete, as each registry's access log "

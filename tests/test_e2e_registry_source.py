@@ -7,7 +7,9 @@ base layer. A policy replicates A, read through its API, into a filesystem regio
 region (moto); registries on both serve every image to skopeo with A's digests. A second pass
 costs A its catalog page, one tags/list per repository and one manifest HEAD per tag, and the
 destinations one listing each: nothing else. The same against A behind token auth with its
-catalog refused (repositories named in the config) and over TLS with a CA the test makes.
+catalog refused (repositories named in the config) and over TLS with a CA the test makes. A
+snapshot's requests, through a proxy that delays them: how many are in flight at once, and
+HEADs of listed repositories sent while another's list is awaited.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from drivers.filesystem import FilesystemDriver
+from drivers.registry import RegistryClient
+from replicator.demo import publish
+from replicator.endpoints.registry import SNAPSHOT_CONCURRENCY, RegistryEndpoint
 from tests import registry as reg
+from tests.faults import REGISTRY, FaultProxy
 from tests.registry_auth import TokenServer, make_tls, tls_section
 from tests.services import S3_CREDENTIALS
 from tests.test_e2e_sync import REPO_ROOT, WEB_1_0, WEB_MULTI, expected_pull, write_config
@@ -109,3 +116,33 @@ def test_a_token_protected_upstream_without_catalog_over_tls(moto, tmp_path):
     second = runs["second"]["requests"]["upstream"]
     assert nonzero(second)["head"] == len(TAGS) and "get" not in nonzero(second)
     assert tokens.issued >= 1
+
+
+def test_a_snapshot_heads_many_tags_at_once_each_repository_as_soon_as_it_is_listed(tmp_path):
+    """A snapshot keeps ``SNAPSHOT_CONCURRENCY`` requests in flight (not the 8 copy workers),
+    and HEADs the tags of the repositories already listed while another's tag list is still
+    awaited; each tag is HEADed once, each repository listed once. The proxy delays every HEAD
+    and the slow repository's listing, so that requests overlap."""
+    root = tmp_path / "root"
+    image = si.image([si.layer({"app": b"snapshot width\n"})])
+    tags = {name: [f"v{n}" for n in range(20)] for name in ("quick/a", "quick/b", "slow/c")}
+    for name, names in tags.items():
+        for tag in names:
+            publish(FilesystemDriver(str(root)), name, tag, image)
+
+    def delayed(request) -> bool:
+        return request.method == "HEAD" or request.path == "/v2/slow/c/tags/list"
+
+    with reg.start_registry(reg.filesystem_storage(root), tmp_path / "logs") as registry, \
+            FaultProxy(registry.url, rate=1.0, faults=["latency"], where=delayed,
+                       latency=(0.5, 0.5), protocol=REGISTRY) as proxy:
+        endpoint = RegistryEndpoint("upstream", RegistryClient.from_config({"url": proxy.url}))
+        snapshot = endpoint.snapshot(None, None, False)
+    assert {key: entry.etag for key, entry in snapshot.tags.items()} == \
+        {(name, tag): image.digest for name, names in tags.items() for tag in names}
+    assert dict(proxy.requests) == nonzero(endpoint.requests.snapshot()) == \
+        {"list": 1 + len(tags), "head": 60}
+    assert proxy.most_in_flight >= SNAPSHOT_CONCURRENCY > 8
+    events = proxy.events
+    slow_list = next(n for n, event in enumerate(events) if event.target.startswith("/v2/slow/"))
+    assert any(event.method == "HEAD" and event.at < proxy.answered[slow_list] for event in events)

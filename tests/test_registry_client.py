@@ -18,6 +18,7 @@ import pytest
 from drivers.errors import AccessDenied, ConfigError, NotFound, StorageError
 from drivers.registry import CatalogUnavailable, RegistryClient, Unsupported
 from drivers.registry.blob import _Source
+from drivers.registry.client import default_tls
 from drivers.registry.tag import next_page
 from replicator import sample_images as si
 from tests import registry as reg
@@ -143,8 +144,17 @@ def test_anonymous_over_tls_with_the_test_ca(root, tmp_path, no_backoff):
         assert trusted.manifest_head("tls/app", "v1").digest == digest
         unverified = RegistryClient.from_config({"url": service.url, "tlsverify": False})
         assert list(unverified.catalog()) == [["tls/app"]]
+        default_tls.cache_clear()
         with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
             RegistryClient.from_config({"url": service.url}).manifest_head("tls/app", "v1")
+        assert default_tls().bundle_loaded and default_tls().cert_store_stats()["x509_ca"] > 0
+
+
+def test_a_registry_over_http_loads_no_ca_bundle(registry):
+    """The default trust's CA bundle is loaded at the first TLS handshake (above), not before."""
+    default_tls.cache_clear()
+    assert RegistryClient.from_config({"url": registry.url}).manifest_head("plain/app", "v1") is None
+    assert not default_tls().bundle_loaded and default_tls().cert_store_stats()["x509_ca"] == 0
 
 
 def test_basic_auth_with_htpasswd(root, tmp_path):

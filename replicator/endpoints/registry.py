@@ -3,8 +3,9 @@ or into.
 
 A snapshot lists the repositories (the configured names; with globs or none configured, the
 registry's ``_catalog`` filtered by them), each repository's ``tags/list`` (paged), and sends
-one manifest ``HEAD`` per tag for its digest (``Docker-Content-Digest``): that is the whole
-cost of a pass over an unchanged registry. The API gives no time of change, so a tag's time
+one manifest ``HEAD`` per tag for its digest (``Docker-Content-Digest``), a repository's as soon
+as its list has come, :data:`SNAPSHOT_CONCURRENCY` requests at once: that is the whole cost of
+a pass over an unchanged registry. The API gives no time of change, so a tag's time
 is when a snapshot first saw it. Manifests and blobs are read with ``GET`` (blobs streamed,
 redirects to blob storage followed, broken streams resumed), and checked by the engine.
 
@@ -28,12 +29,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from fnmatch import fnmatchcase
 
 from drivers.base import ObjectInfo, ObjectTooLarge
 from drivers.errors import NotFound, StorageError
 from drivers.registry import RegistryClient
+from drivers.registry.client import KEEP_ALIVE
 from replicator import layout
 from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoint,
                                        Selection, Snapshot)
@@ -41,8 +43,11 @@ from replicator.manifests import Manifest
 from replicator.once import Once
 from replicator.planner import TagPlan, bottom_up, is_foreign
 
-HEAD_CONCURRENCY = 8
-"""Tag lists, then manifest HEADs, in flight while a snapshot resolves tags to digests."""
+SNAPSHOT_CONCURRENCY = KEEP_ALIVE
+"""Tag lists and manifest HEADs in flight while a snapshot resolves tags to digests (a
+repository's HEADs start as soon as its tag list has come): each is one small answer, so far
+more than a pass's copy workers, and as many as the client keeps connections open. The
+client's per-host back-off and ``requests_per_second`` gate every one of them."""
 _GLOB = frozenset("*?[")
 
 
@@ -97,14 +102,21 @@ class RegistryEndpoint(Destination):
         names = [repository] if repository else self.repositories()
         if wanted is not None:
             names = [name for name in names if wanted.repository(name)]
-        with ThreadPoolExecutor(HEAD_CONCURRENCY, "manifest-head") as pool:
-            listed = list(pool.map(self.tag_names, names))
-            tags = [(name, tag) for name, found in zip(names, listed) for tag in found
-                    if wanted is None or wanted.tag(name, tag)]
-            infos = list(pool.map(lambda key: self.client.manifest_head(*key), tags))
+        pool = ThreadPoolExecutor(SNAPSHOT_CONCURRENCY, "snapshot")
+        try:
+            listings = {pool.submit(self.tag_names, name): name for name in names}
+            heads = {}
+            for listing in as_completed(listings):
+                name = listings[listing]
+                for tag in listing.result():
+                    if wanted is None or wanted.tag(name, tag):
+                        heads[name, tag] = pool.submit(self.client.manifest_head, name, tag)
+            infos = {key: future.result() for key, future in sorted(heads.items())}
+        finally:
+            pool.shutdown(cancel_futures=True)
         seen = time.time()
         entries = {key: ObjectInfo(f"{key[0]}:{key[1]}", info.size, info.digest, seen)
-                   for key, info in zip(tags, infos) if info is not None}
+                   for key, info in infos.items() if info is not None}
         return RegistrySnapshot(entries)
 
     def tag_names(self, name: str) -> list[str]:
