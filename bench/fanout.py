@@ -14,6 +14,9 @@ the destinations (regions far from the replicator). It prints, per backend:
   destination and for three (target 1.0x for both: each blob read once for all destinations);
 - wall seconds, median of ``--runs``, of the three-destination pass / the one-destination pass
   (target <= 1.3x), and the re-reads the three-destination passes counted (``blobs_reread``);
+- CPU seconds (user + system, ``wait4``) of the replicator's process, and on S3 of moto's server
+  process, medians of the same runs, with their 3 / 1 ratios, and the load average when each
+  run ended: on a shared machine the CPU ratios are the figure to trust, not the walls;
 
 and the machine (nproc, CPU, Python, the replicator's commit).
 
@@ -39,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import registry_gen  # noqa: E402
-from compare import (PROJECT, READ_COUNTER, S3Backend, machine, median,  # noqa: E402
-                     registry_arguments, run)
+from compare import (PROJECT, READ_COUNTER, Result, S3Backend, machine,  # noqa: E402
+                     median, registry_arguments, run)
 from drivers.filesystem import FilesystemDriver  # noqa: E402
 from tests.faults import FaultProxy  # noqa: E402
 
@@ -125,9 +128,9 @@ class S3:
 
 
 def first_pass(backend, work: Path, count: int, concurrency: int,
-               label: str) -> tuple[float, int, list[dict]]:
-    """One first pass from the source into ``count`` fresh empty destinations: its wall
-    seconds, the source's blob bytes read, and the passes of its report."""
+               label: str) -> tuple[Result, int, list[dict]]:
+    """One first pass from the source into ``count`` fresh empty destinations: the measured
+    process, the source's blob bytes read, and the passes of its report."""
     folder = work / label
     folder.mkdir()
     blocks = {name: backend.destination(folder, name) for name in DESTINATIONS[:count]}
@@ -149,7 +152,7 @@ def first_pass(backend, work: Path, count: int, concurrency: int,
         shutil.rmtree(folder, ignore_errors=True)
     if not report["ok"]:
         raise RuntimeError(f"sync into {list(blocks)} failed: {result.stdout[-2000:]}")
-    return result.wall, read, report["passes"]
+    return result, read, report["passes"]
 
 
 def measure(backend, work: Path, args: argparse.Namespace, size: int, tags: int,
@@ -161,21 +164,29 @@ def measure(backend, work: Path, args: argparse.Namespace, size: int, tags: int,
     say(f"{backend.name}: {summary['repositories']} repositories, {summary['tags']} tags, "
         f"{summary['blobs']} blobs, {unique / MIB:.1f} MiB, {summary['keys']} keys")
     walls: dict[int, list[float]] = {1: [], 3: []}
+    cpus: dict[int, list[float]] = {1: [], 3: []}
+    servers: dict[int, list[float]] = {1: [], 3: []}
     reads: dict[int, list[int]] = {1: [], 3: []}
     rereads = []
     for number in range(args.runs):
         for count in (1, 3):
-            wall, read, passes = first_pass(backend, work, count, args.concurrency,
-                                            f"{backend.name}-run{number}-{count}")
+            result, read, passes = first_pass(backend, work, count, args.concurrency,
+                                              f"{backend.name}-run{number}-{count}")
+            wall, load = result.wall, os.getloadavg()[0]
             copied = {entry["destination"]: entry["bytes_copied"] for entry in passes}
             if set(copied.values()) != {unique}:
                 raise RuntimeError(f"copied {copied}, expected {unique} bytes each")
             walls[count].append(wall)
+            cpus[count].append(result.cpu)
+            if result.server_cpu is not None:
+                servers[count].append(result.server_cpu)
             reads[count].append(read)
             if count == 3:
                 rereads.append(sum(entry["blobs_reread"] for entry in passes))
             say(f"{backend.name} run {number + 1}/{args.runs}, {count} destination(s): "
-                f"{wall:.2f} s, source blob bytes read {read / unique:.5f}x unique")
+                f"{wall:.2f} s, CPU {result.cpu:.2f} s"
+                + ("" if result.server_cpu is None else f", server CPU {result.server_cpu:.2f} s")
+                + f", load average {load:.1f}, source blob bytes read {read / unique:.5f}x unique")
     one, three = median(walls[1]), median(walls[3])
     name = backend.name
     each = {count: ", ".join(f"{wall:.2f}" for wall in walls[count]) for count in walls}
@@ -184,7 +195,16 @@ def measure(backend, work: Path, args: argparse.Namespace, size: int, tags: int,
              f"(at most {max(reads[3]) / unique:.5f}x; target 1.0x)")
     wall = (f"{name}: wall, 3 destinations / 1: {three:.2f} s / {one:.2f} s = {three / one:.2f}x "
             f"(target <= 1.3x; medians of {args.runs}; runs into 1: {each[1]}; into 3: {each[3]})")
-    return [dedup, wall, f"{name}: blobs re-read by the 3-destination passes, per run: {rereads}"]
+    lines = [dedup, wall, ratio(f"{name}: CPU s of the replicator", cpus)]
+    if servers[1] and servers[3]:
+        lines.append(ratio(f"{name}: CPU s of the server (moto)", servers))
+    return lines + [f"{name}: blobs re-read by the 3-destination passes, per run: {rereads}"]
+
+
+def ratio(label: str, values: dict[int, list[float]]) -> str:
+    """``label``: median for 3 destinations / median for 1, with their ratio."""
+    one, three = median(values[1]), median(values[3])
+    return f"{label}, 3 destinations / 1: {three:.2f} / {one:.2f} = {three / one:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:
