@@ -17,7 +17,10 @@ writer commits or closes (``fileWriter.Commit``: flush, then ``File.Sync``), ``P
 included, and moves an upload into place with ``MkdirAll`` and a rename, syncing no directory.
 This driver fsyncs every file's bytes before its rename, so a blob is on disk before any link
 that refers to it is written and links before the tag's ``current/link`` (callers write in
-that order), and it also fsyncs the directory that receives the new name.
+that order). Like Distribution, it syncs no directory: on a journaling filesystem (ext4's
+jbd2, XFS's log) a rename is committed in order with the metadata changes around it, and a
+file's fsync forces every change logged before it, so the sync of a link also makes durable
+the names of the blobs and links written before it.
 """
 
 from __future__ import annotations
@@ -70,14 +73,6 @@ def _byte_order(entry: os.DirEntry) -> str:
     return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(temp: str, path: str) -> None:
     """Rename ``temp`` to ``path``, recreating parents a concurrent delete may have removed."""
     parent = os.path.dirname(path)
@@ -89,7 +84,6 @@ def _publish(temp: str, path: str) -> None:
         except FileNotFoundError:
             if not os.path.exists(temp):
                 raise
-    _fsync_directory(parent)
 
 
 def _make_directory(path: str) -> None:

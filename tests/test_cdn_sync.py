@@ -157,8 +157,8 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture
 def fast_tmp(tmp_path):
-    """A folder on tmpfs when there is one: the filesystem driver fsyncs every file and folder
-    it writes, which costs more than everything else these tests do."""
+    """A folder on tmpfs when there is one: the filesystem driver fsyncs every file it writes,
+    which costs more than everything else these tests do."""
     shm = Path("/dev/shm")
     if not (shm.is_dir() and os.access(shm, os.W_OK)):
         yield tmp_path
