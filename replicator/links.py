@@ -25,7 +25,7 @@ class TagLinks:
         self.state = state
         self.trusted = not audit and state is not None
         self._known = Once()
-        self._reads = Once()
+        self._reads = Once(forget=True)   # a read's digest is kept in the records
 
     def _repository(self, name: str) -> dict[str, TagLink]:
         """The repository's recorded links, by tag, loaded once."""
@@ -46,6 +46,9 @@ class TagLinks:
         return self._reads.run((name, tag, info.etag), lambda: self._read(name, tag, info.etag))
 
     def _read(self, name: str, tag: str, etag: str) -> str:
+        known = self._repository(name).get(tag)   # read by a caller whose read was forgotten
+        if known is not None and known.etag == etag:
+            return known.digest
         digest = layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
         self.record(name, tag, etag, digest)
         return digest
