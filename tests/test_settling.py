@@ -160,3 +160,31 @@ def test_the_source_skips_only_what_every_destination_settled(tmp_path):
     skips = settling.destination_skips("dst", {"a"}.__contains__)
     assert (skips("a", "h"), skips("a", "other"), skips("b", "h")) == (True, False, False)
     assert (settling.tags("dst", "a"), settling.tags("far", "c")) == (4, 0)
+
+
+def test_a_tag_a_real_registry_moves_in_place_brings_its_repository_back(tmp_path):
+    """skopeo pushes to Debian's docker-registry; after its repositories settle, a push that
+    moves one tag (new links, and the tag's ``current/link`` rewritten in place, as 2.8 writes
+    it) unsettles only that repository, and a second registry serving the destination answers
+    the new digest for it and the old one for the other."""
+    from tests import registry as reg
+
+    first = sample_images.image([BASE, sample_images.layer({"n": b"first"})])
+    moved = sample_images.image([BASE, sample_images.layer({"n": b"moved"})])
+    config = configured(tmp_path)
+    primary = reg.filesystem_storage(tmp_path / "src")
+    with reg.start_registry(primary, tmp_path / "logs") as source:
+        for name in ("apps/web", "tools"):
+            reg.push(source.url, name, "1", first, tmp_path / "work")
+        passes(config)
+        passes(config)
+        [report], _ = passes(config)
+        assert (report.repositories_unchanged, report.tags_unchanged) == (2, 2)
+        reg.push(source.url, "apps/web", "1", moved, tmp_path / "work")
+    [report], requests = passes(config)
+    assert (report.repositories_unchanged, report.tags_replicated) == (1, 1)
+    assert requests["src"]["get"] >= 1 and "put" in requests["dst"]
+    with reg.start_registry(reg.filesystem_storage(tmp_path / "dst"), tmp_path / "logs",
+                            readonly=True) as replica:
+        assert reg.manifest_digest(replica.url, "apps/web", "1") == moved.digest
+        assert reg.manifest_digest(replica.url, "tools", "1") == first.digest

@@ -138,20 +138,12 @@ class StorageSnapshot(DestinationSnapshot):
         fingerprints: dict[str, str] = {}
         skipped: set[str] = set()
         for name, entries in _repositories(pages):
-            if not name:
-                self.inventory.add([entries], self.repository)
-            elif name in fingerprints:   # listed apart from its other keys: never left out
-                del fingerprints[name]
-                self.inventory.add([entries], self.repository)
-                if name in skipped:
-                    skipped.discard(name)
-                    self.inventory.add(self.endpoint.storage.list(layout.repository_prefix(name)), name)
-            else:
+            if name:
                 fingerprints[name] = fingerprint(entries)
-                if skip(name, fingerprints[name]):
-                    skipped.add(name)
-                else:
-                    self.inventory.add([entries], self.repository)
+            if name and skip(name, fingerprints[name]):
+                skipped.add(name)
+            else:
+                self.inventory.add([entries], self.repository)
         self.fingerprints = fingerprints
         self.skipped = frozenset(skipped)
 
@@ -256,7 +248,10 @@ class StorageSnapshot(DestinationSnapshot):
 
 
 def _repositories(pages: Iterable[list[ObjectInfo]]) -> Iterator[tuple[str, list[ObjectInfo]]]:
-    """Listing entries in runs of one repository each (``""``: keys under none), as listed."""
+    """Listing entries in runs of one repository each (``""``: keys under none), as listed.
+    A repository's keys are one run: they all start with its name and ``/_``, which no other
+    repository's key starts with, and a driver lists keys in byte order (within each
+    repository's prefix, when :mod:`replicator.listing` lists them one by one)."""
     name, entries = None, []
     for page in pages:
         for info in page:
