@@ -74,6 +74,24 @@ def test_a_directory_seen_real_vouches_for_no_symlink_below_it(tmp_path, root):
     assert sorted(os.listdir(outside)) == ["secret"]
 
 
+def test_a_write_or_delete_at_a_symlinked_key_acts_on_the_link_not_its_target(tmp_path, root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    (root / "repo").mkdir()
+    (root / "repo" / "overwritten").symlink_to(outside / "secret")
+    (root / "repo" / "deleted").symlink_to(outside / "secret")
+    driver = FilesystemDriver(str(root))
+
+    driver.write("repo/overwritten", b"replica")
+    driver.delete("repo/deleted")
+
+    assert (outside / "secret").read_bytes() == b"secret"
+    assert not (root / "repo" / "overwritten").is_symlink()
+    assert driver.read("repo/overwritten") == b"replica"
+    assert not os.path.lexists(root / "repo" / "deleted")
+
+
 def test_temp_area_is_neither_listed_nor_addressable(root):
     (root / TEMP_DIR).mkdir()
     (root / TEMP_DIR / "crash-leftover").write_bytes(b"half a blob")
