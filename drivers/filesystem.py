@@ -3,7 +3,8 @@
 A key is a path relative to the root. New content is written to a private temporary area,
 ``<root>/.replicator-tmp/``, synced, and renamed into place, so readers see the old file or
 the new one. Symbolic links are never listed, and a key that resolves outside the root is an
-``InvalidKey``.
+``InvalidKey``; a write or delete of a key that is itself a symbolic link replaces or removes
+the link, never its target.
 
 Distribution 2.8 and 3.x lay files out alike (``fullPath``: the path joined to
 ``rootdirectory``). 2.8's ``PutContent`` rewrites a file in place; 3.x's writes
