@@ -108,7 +108,8 @@ class FilesystemDriver(StorageDriver):
         super().__init__()
         self.root = os.path.realpath(root)
         self._temp = os.path.join(self.root, TEMP_DIR)
-        self._temp_names = map(f"{uuid.uuid4().hex}-{{}}".format, itertools.count())
+        self._temp_prefix = uuid.uuid4().hex
+        self._temp_numbers = itertools.count()
         self._real_directories: set[str] = set()
 
     @classmethod
@@ -126,6 +127,11 @@ class FilesystemDriver(StorageDriver):
 
     def describe(self) -> str:
         return f"filesystem:{self.root}"
+
+    def _temp_path(self) -> str:
+        """A new name in the temporary area: unique across processes by the driver's random
+        prefix, across its writers by a counter (no random draw per file)."""
+        return os.path.join(self._temp, f"{self._temp_prefix}-{next(self._temp_numbers)}")
 
     def _path(self, key: str, follows: bool = True) -> str:
         """The key's path, checked to stay below the root. ``follows``: whether the caller's
@@ -316,7 +322,7 @@ class _FileWriter(ChunkedWriter):
     def __init__(self, driver: FilesystemDriver, key: str, path: str) -> None:
         super().__init__()
         self._driver, self._key, self._path = driver, key, path
-        self._temp = os.path.join(driver._temp, next(driver._temp_names))
+        self._temp = driver._temp_path()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         with _os_errors("write", key):
             try:
