@@ -265,6 +265,13 @@ class StorageDriver(ABC):
         ``prefix`` is empty or ends with ``/``; otherwise ``InvalidKey``.
         """
 
+    def list_ahead(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        """As :meth:`list`, for a caller that will read the pages a little later: a driver
+        that can may start the listing now and run it ahead of the caller, beside what the
+        caller does meanwhile (a bounded lead). Closing the pages (``close()``, where they have
+        it) stops such work. The default is :meth:`list`."""
+        return self.list(prefix)
+
     @abstractmethod
     def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
         """Yield pages of the "subdirectories" below ``prefix``: each distinct

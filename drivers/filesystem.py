@@ -12,6 +12,12 @@ Distribution 2.8 and 3.x lay files out alike (``fullPath``: the path joined to
 moment: they are no registry key and are never replicated. Neither version looks outside
 ``docker/``, so this driver's temporary area is invisible to both.
 
+A listing walks the tree depth first (:mod:`drivers.filesystem_walk`). One taken ahead
+(:meth:`FilesystemDriver.list_ahead`, as a pass does for each region's full listing) walks in
+a child process: in a registry's tree nearly every file lies in directories of its own, so a
+walk is mostly system calls, and walks in processes of their own run on as many cores as
+there are, beside the caller.
+
 Durability is at least Distribution's own. Its filesystem driver
 (``registry/storage/driver/filesystem/driver.go`` at v2.8.3) fsyncs a file's bytes when a
 writer commits or closes (``fileWriter.Commit``: flush, then ``File.Sync``), ``PutContent``
@@ -30,12 +36,15 @@ import errno
 import itertools
 import os
 import stat as stat_mode
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TypeVar
 
+from drivers import filesystem_walk
 from drivers.base import (CHUNK_SIZE, ChunkedWriter, ObjectInfo, StorageDriver, check_delimiter,
                           check_key, check_prefix, common_prefix)
 from drivers.errors import AccessDenied, ConfigError, InvalidKey, NotFound, StorageError
@@ -65,14 +74,58 @@ def _os_errors(action: str, key: str) -> Iterator[None]:
         raise _storage_error(action, key, error) from None
 
 
-def _info(key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime_ns / 1e9)
+def _info(key: str, size: int, mtime_ns: int) -> ObjectInfo:
+    return ObjectInfo(key, size, f"{size}-{mtime_ns}", mtime_ns / 1e9)
 
 
-def _byte_order(entry: os.DirEntry) -> str:
-    """Where the entry's key sorts among its directory's: UTF-8 keeps code point order, so the
-    name (a directory's with the ``/`` its keys go on with) sorts as its bytes do."""
-    return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
+def _child_objects(child: subprocess.Popen, prefix: str) -> Iterator[ObjectInfo]:
+    """The objects a walk's child process writes (:mod:`drivers.filesystem_walk`). Raises
+    ``StorageError`` as the walk failed, or if the child ended without finishing."""
+    fd = child.stdout.fileno()
+    fields: list[bytes] = []
+    tail = b""
+    while chunk := os.read(fd, CHUNK_SIZE):
+        fields += (tail + chunk).split(b"\0")
+        tail = fields.pop()
+        whole = len(fields) - len(fields) % 3
+        for i in range(0, whole, 3):
+            yield _info(fields[i].decode("utf-8", "surrogateescape"), int(fields[i + 1]),
+                        int(fields[i + 2]))
+        del fields[:whole]
+    status = child.wait()
+    if status == filesystem_walk.WALK_FAILED:
+        number, key = child.stderr.read().split(b"\0")[:2]
+        error = OSError(int(number), os.strerror(int(number)))
+        raise _storage_error("list", key.decode("utf-8", "surrogateescape"), error)
+    if status != 0 or tail or fields:
+        raise StorageError(f"filesystem list {prefix!r}: the walk's process ended with status "
+                           f"{status} before the end")
+
+
+class _ChildPages(Iterator[list[ObjectInfo]]):
+    """Listing pages read from a walk's child process, which is stopped once they are
+    exhausted, fail or are closed (or dropped)."""
+
+    def __init__(self, pages: Iterator[list[ObjectInfo]], child: subprocess.Popen):
+        self._pages = pages
+        self._child = child
+
+    def __next__(self) -> list[ObjectInfo]:
+        try:
+            return next(self._pages)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._pages.close()
+        if self._child.returncode is None:
+            self._child.kill()
+            self._child.wait()
+        self._child.stdout.close()
+        self._child.stderr.close()
+
+    __del__ = close
 
 
 def _publish(temp: str, path: str) -> None:
@@ -175,6 +228,25 @@ class FilesystemDriver(StorageDriver):
         check_prefix(prefix)
         return self._pages(prefix, lambda top: self._walk(top, prefix))
 
+    def list_ahead(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        """As :meth:`list`, from a walk in a child process (:mod:`drivers.filesystem_walk`)
+        that starts now, on a core of its own, and runs ahead of the caller by a bounded
+        amount; the child is stopped when the pages are exhausted or closed. Where no child
+        can start, as :meth:`list`."""
+        check_prefix(prefix)
+        top = self._top(prefix)
+        if top is not None and sys.executable:
+            argv = [sys.executable, "-I", "-S", filesystem_walk.__file__, top, prefix, TEMP_DIR]
+            try:
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+            except OSError:
+                pass
+            else:
+                return _ChildPages(self._pages(prefix, lambda _: _child_objects(child, prefix)),
+                                   child)
+        return self.list(prefix)
+
     def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> Iterator[list[str]]:
         """As :meth:`StorageDriver.list_prefixes`, from a walk of the directories below
         ``prefix`` that stops at each entry whose path holds ``delimiter``; counted, as
@@ -183,12 +255,20 @@ class FilesystemDriver(StorageDriver):
         check_delimiter(delimiter)
         return self._pages(prefix, lambda top: self._prefixes(top, prefix, prefix, delimiter))
 
+    def _top(self, prefix: str) -> str | None:
+        """The directory of a checked prefix's keys; ``None`` for the temporary area's or one
+        that passes through a symbolic link, which hold no key."""
+        top = os.path.normpath(os.path.join(self.root, prefix))
+        if prefix.startswith(TEMP_DIR + "/") or os.path.realpath(top) != top:
+            return None
+        return top
+
     def _pages(self, prefix: str, walk: Callable[[str], Iterator[T]]) -> Iterator[list[T]]:
         """Pages of ``PAGE_SIZE`` of what ``walk`` yields from the prefix's directory, one
         ``list`` request counted per page (and one for a listing that finds nothing)."""
         self.requests.add("list")
-        top = os.path.normpath(os.path.join(self.root, prefix))
-        if prefix.startswith(TEMP_DIR + "/") or os.path.realpath(top) != top:
+        top = self._top(prefix)
+        if top is None:
             return
         page: list[T] = []
         for item in walk(top):
@@ -201,13 +281,17 @@ class FilesystemDriver(StorageDriver):
             yield page
 
     def _entries(self, directory: str, prefix: str) -> list[os.DirEntry]:
-        """The directory's entries in byte order of their keys; none if it is gone."""
-        with _os_errors("list", prefix):
-            try:
-                with os.scandir(directory) as scan:
-                    return sorted(scan, key=_byte_order)
-            except (FileNotFoundError, NotADirectoryError):
-                return []
+        try:
+            return filesystem_walk.entries(directory, prefix)
+        except filesystem_walk.WalkError as error:
+            raise _storage_error("list", error.key, error) from None
+
+    def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            for key, st in filesystem_walk.walk(directory, prefix, TEMP_DIR):
+                yield _info(key, st.st_size, st.st_mtime_ns)
+        except filesystem_walk.WalkError as error:
+            raise _storage_error("list", error.key, error) from None
 
     def _prefixes(self, directory: str, path: str, prefix: str, delimiter: str) -> Iterator[str]:
         last = None
@@ -248,30 +332,6 @@ class FilesystemDriver(StorageDriver):
                         swept += 1
         return swept
 
-    def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
-        """The files below ``directory`` (whose keys start with ``prefix``) in byte order of
-        their keys: depth first, from an explicit stack (a registry's keys lie ten
-        directories deep, and a recursive generator passes each entry up through every level)."""
-        stack = [(iter(self._entries(directory, prefix)), prefix)]
-        while stack:
-            entries, base = stack[-1]
-            for entry in entries:
-                key = base + entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if key != TEMP_DIR:
-                        stack.append((iter(self._entries(entry.path, key + "/")), key + "/"))
-                        break
-                elif entry.is_file(follow_symlinks=False):
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as error:
-                        raise _storage_error("list", base, error) from None
-                    yield _info(key, st)
-            else:
-                stack.pop()
-
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         self.requests.add("head")
@@ -279,7 +339,7 @@ class FilesystemDriver(StorageDriver):
             st = os.stat(path)
         if not stat_mode.S_ISREG(st.st_mode):
             raise NotFound(f"filesystem stat {key!r}: not a file")
-        return _info(key, st)
+        return _info(key, st.st_size, st.st_mtime_ns)
 
     def _read_range(self, key: str, offset: int) -> Iterator[bytes]:
         path = self._path(key)

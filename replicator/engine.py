@@ -41,7 +41,7 @@ from replicator.budget import EgressBudget
 from replicator.copier import BlobCopier
 from replicator.deletions import plan_deletions
 from replicator.endpoints import Endpoint, endpoint_for
-from replicator.endpoints.base import DestinationSnapshot, Selection, Snapshot
+from replicator.endpoints.base import Destination, DestinationSnapshot, Selection, Snapshot
 from replicator.errors import TAG_ERRORS, BudgetExhausted, ReplicationError, error_kind, unexpected
 from replicator.filters import policy_selects, selected
 from replicator.flavours import resolve_flavours
@@ -169,15 +169,16 @@ class DestinationPass:
     shares its streamed blobs' source reads with the other destinations' passes."""
 
     def __init__(self, policy: Policy, source: SourceReader,
-                 source_tags: dict[tuple[str, str], ObjectInfo], region: Region,
-                 state: StateStore, options: RunOptions, repository: str | None,
-                 tee: SourceTee | None = None, settling: Settling | None = None):
+                 source_tags: dict[tuple[str, str], ObjectInfo], destination: Destination,
+                 region: Region, state: StateStore, options: RunOptions,
+                 repository: str | None, tee: SourceTee | None = None,
+                 settling: Settling | None = None):
         self.policy = policy
         self.source = source
         self.source_tags = source_tags
         self.region = region
         self.destination_name = region.name
-        self.destination = endpoint_for(region)
+        self.destination = destination
         self.state = state
         self.options = options
         self.repository = repository
@@ -610,39 +611,56 @@ def run_policy(config: Config, policy: Policy, state: StateStore, options: RunOp
         return []
     resolve_flavours(config, policy)
     source_endpoint = endpoint_for(config.regions[policy.source])
+    endpoints = {name: endpoint_for(config.regions[name]) for name in destinations}
     settling = (Settling(policy, destinations, state.settled(policy.name))
                 if repository is None and not options.audit and options.planned is None else None)
-    try:
-        snapshot = source_endpoint.snapshot(repository, state, options.audit,
-                                            wanted(policy, options),
-                                            None if settling is None else settling.source_skips)
-    except StorageError as error:
-        return [_failed_pass(policy, name, error, state, started, options, repository)
-                for name in destinations]
-    tags = pass_tags(policy, options, snapshot.tags)
-    source = SourceReader(source_endpoint, snapshot, started)
-    tee = SourceTee(source_endpoint)
-    passes = [DestinationPass(policy, source, tags, config.regions[name], state, options,
-                              repository, tee, settling) for name in destinations]
-    for destination_pass in passes:
-        tee.join(destination_pass.destination_name, destination_pass.wants_stream)
-
-    def run(destination_pass: DestinationPass) -> PassReport:
-        name = destination_pass.destination_name
+    selection = wanted(policy, options)
+    with _prepared([source_endpoint, *endpoints.values()], repository, state, selection):
         try:
-            return destination_pass.run()
+            skips = None if settling is None else settling.source_skips
+            snapshot = source_endpoint.snapshot(repository, state, options.audit, selection, skips)
         except StorageError as error:
-            return _failed_pass(policy, name, error, state, started, options, repository,
-                                destination_pass.report)
-        except Exception as error:  # a defect fails this destination's pass, not the run
-            log.debug("unexpected error in the pass into %s", name, exc_info=True)
-            return _failed_pass(policy, name, unexpected(error), state, started, options,
-                                repository, destination_pass.report)
-        finally:
-            tee.leave(name)
+            return [_failed_pass(policy, name, error, state, started, options, repository)
+                    for name in destinations]
+        tags = pass_tags(policy, options, snapshot.tags)
+        source = SourceReader(source_endpoint, snapshot, started)
+        tee = SourceTee(source_endpoint)
+        passes = [DestinationPass(policy, source, tags, endpoints[name], config.regions[name],
+                                  state, options, repository, tee, settling)
+                  for name in destinations]
+        for destination_pass in passes:
+            tee.join(destination_pass.destination_name, destination_pass.wants_stream)
 
-    with ThreadPoolExecutor(len(passes), "pass") as pool:
-        return list(pool.map(run, passes))
+        def run(destination_pass: DestinationPass) -> PassReport:
+            name = destination_pass.destination_name
+            try:
+                return destination_pass.run()
+            except StorageError as error:
+                return _failed_pass(policy, name, error, state, started, options, repository,
+                                    destination_pass.report)
+            except Exception as error:  # a defect fails this destination's pass, not the run
+                log.debug("unexpected error in the pass into %s", name, exc_info=True)
+                return _failed_pass(policy, name, unexpected(error), state, started, options,
+                                    repository, destination_pass.report)
+            finally:
+                tee.leave(name)
+
+        with ThreadPoolExecutor(len(passes), "pass") as pool:
+            return list(pool.map(run, passes))
+
+
+@contextmanager
+def _prepared(endpoints: list[Endpoint], repository: str | None, state: StateStore,
+              selection: Selection) -> Iterator[None]:
+    """Each endpoint prepared for its snapshot (:meth:`Endpoint.prepare`), so every region's
+    listing starts at once; released at the end."""
+    try:
+        for endpoint in endpoints:
+            endpoint.prepare(repository, state, selection)
+        yield
+    finally:
+        for endpoint in endpoints:
+            endpoint.release()
 
 
 def _failed_pass(policy: Policy, destination: str, error: Exception, state: StateStore,

@@ -101,16 +101,26 @@ def targeted(known: dict[str, int], wanted: Callable[[str], bool], page_size: in
     return target < full
 
 
+def full_listing(storage: StorageDriver, region: str, state,
+                 wanted: Callable[[str], bool] | None) -> bool:
+    """Whether :func:`repository_pages` lists all of the region's repositories in one listing
+    (not targeted: see :func:`targeted`)."""
+    known = state.listing_keys(region) if state is not None and wanted is not None else {}
+    return not targeted(known, wanted, storage.list_page_size)
+
+
 def repository_pages(storage: StorageDriver, region: str, state,
-                     wanted: Callable[[str], bool] | None) -> Iterator[list[ObjectInfo]]:
+                     wanted: Callable[[str], bool] | None,
+                     started: Iterator[list[ObjectInfo]] | None = None
+                     ) -> Iterator[list[ObjectInfo]]:
     """Listing pages holding every key of the repositories ``wanted`` selects (all of them, and
     perhaps others, when a full listing is the cheaper way; every one without ``wanted``), the
     way chosen by :func:`targeted` from what ``state`` (a state store, or ``None``) recorded
-    for ``region``. Once the pages are exhausted, records the key counts they showed there.
-    Raises ``StorageError``."""
-    known = state.listing_keys(region) if state is not None and wanted is not None else {}
+    for ``region``; ``started`` is a full listing of the repositories begun earlier (where
+    :func:`full_listing` said so), taken as the full one. Once the pages are exhausted,
+    records the key counts they showed there. Raises ``StorageError``."""
     counts: Counter[str] = Counter()
-    if targeted(known, wanted, storage.list_page_size):
+    if started is None and not full_listing(storage, region, state, wanted):
         names = discover(storage)
         listed = outermost(name for name in names if wanted(name))
         log.debug("%s: listing %d of %d repositories", region, len(listed), len(names),
@@ -123,7 +133,7 @@ def repository_pages(storage: StorageDriver, region: str, state,
         keep = {"", *(name for name in names
                       if name not in chosen and not any(a in chosen for a in ancestors(name)))}
     else:
-        for page in storage.list(layout.REPOSITORIES_PREFIX):
+        for page in started if started is not None else storage.list(layout.REPOSITORIES_PREFIX):
             counts.update(repository_of(info.key) for info in page)
             yield page
         keep = set()

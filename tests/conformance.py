@@ -75,6 +75,18 @@ def write_all(driver: StorageDriver, keys: list[str], data: bytes = b"x") -> Non
         list(pool.map(lambda key: driver.write(key, data), keys))
 
 
+def too_deep(root) -> None:
+    """Directories below ``root`` (a filesystem's) whose path grows longer than the system
+    allows a path: a walk meets ``ENAMETOOLONG`` there."""
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(20):
+        os.mkdir("d" * 250, dir_fd=fd)
+        below = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+
+
 def stream(driver: StorageDriver, key: str, offset: int = 0) -> bytes:
     return b"".join(driver.open(key, offset))
 
@@ -115,6 +127,16 @@ class DriverConformance:
         write_all(driver, ["a/b/1", "a/b/c/2", "a/bc/3", "a/b-4"])
         assert listed(driver, "a/b/") == ["a/b/1", "a/b/c/2"]
         assert listed(driver, "a/") == ["a/b-4", "a/b/1", "a/b/c/2", "a/bc/3"]
+
+    def test_list_ahead_lists_what_list_does_with_the_same_requests(self, driver):
+        keys = [f"d{i % 7}/k{i}" for i in range(1001)] + UNUSUAL_KEYS
+        write_all(driver, keys)
+        for prefix in ("", "d3/", "unicode/", "missing/"):
+            pages, ahead = [], []
+            asked = requests_sent(driver, lambda: pages.extend(driver.list(prefix)))
+            assert requests_sent(driver, lambda: ahead.extend(driver.list_ahead(prefix))) == asked
+            assert ([[(i.key, i.size, i.etag, i.mtime) for i in page] for page in ahead]
+                    == [[(i.key, i.size, i.etag, i.mtime) for i in page] for page in pages])
 
     def test_list_metadata_matches_stat(self, driver):
         driver.write("dir/obj", b"12345")

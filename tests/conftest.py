@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import tenacity
 
@@ -48,3 +50,18 @@ def no_backoff(monkeypatch):
     """Retries without sleeping, for tests that run the retry policy to its end."""
     monkeypatch.setattr(drivers.retry, "_policy", drivers.retry._policy.copy(wait=tenacity.wait_none()))
     monkeypatch.setattr(drivers.retry, "pause", lambda failures: None)
+
+
+@pytest.fixture
+def walks(monkeypatch) -> list[subprocess.Popen]:
+    """The child processes started in the test (the filesystem driver's walks; real ones,
+    recorded)."""
+    started = []
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return started

@@ -1,10 +1,12 @@
 import os
+import shutil
 
 import pytest
 
-from drivers.errors import InvalidKey
+from drivers import filesystem_walk
+from drivers.errors import InvalidKey, StorageError
 from drivers.filesystem import TEMP_DIR, FilesystemDriver
-from tests.conformance import DriverConformance, assert_config_error, listed
+from tests.conformance import DriverConformance, assert_config_error, listed, too_deep, write_all
 
 
 class TestFilesystem(DriverConformance):
@@ -45,7 +47,9 @@ def test_symlinks_out_of_the_root_are_not_followed(tmp_path, root):
     driver.write("real", b"x")
 
     assert listed(driver) == ["real"]
+    assert [info.key for page in driver.list_ahead() for info in page] == ["real"]
     assert list(driver.list("linked-dir/")) == []
+    assert list(driver.list_ahead("linked-dir/")) == []
     for key in ("linked-dir/secret", "linked-file"):
         with pytest.raises(InvalidKey):
             driver.read(key)
@@ -136,3 +140,41 @@ def test_stale_temporary_files_are_swept_and_fresh_ones_kept(tmp_path):
     fresh.abort()
     stale.abort()
     assert driver.sweep_abandoned_uploads("blobs/", older_than=0) == 0
+
+
+def test_a_listing_ahead_walks_in_a_process_of_its_own_before_it_is_read(root, walks):
+    driver = FilesystemDriver(str(root))
+    keys = [f"r/{i:03}/_layers/link" for i in range(300)]
+    write_all(driver, keys)
+    pages = driver.list_ahead("r/")
+    [child] = walks
+    assert child.wait(timeout=60) == 0
+    shutil.rmtree(root / "r")
+    assert [info.key for page in pages for info in page] == keys
+    assert listed(driver) == []
+
+
+def test_a_listing_ahead_closed_or_dropped_early_leaves_no_process(root, walks):
+    driver = FilesystemDriver(str(root))
+    write_all(driver, [f"k{i:04}" for i in range(2500)])
+    read_once = driver.list_ahead()
+    assert len(next(read_once)) == 1000
+    read_once.close()
+    driver.list_ahead().close()
+    driver.list_ahead()
+    assert len(walks) == 3
+    assert all(child.returncode is not None for child in walks)
+
+
+def test_a_walk_that_fails_in_its_own_process_fails_as_the_listing_in_the_callers_does(root, walks):
+    driver = FilesystemDriver(str(root))
+    driver.write("a", b"x")
+    too_deep(root)
+    with pytest.raises(StorageError) as in_process:
+        listed(driver)
+    with pytest.raises(StorageError) as ahead:
+        list(driver.list_ahead())
+    assert type(ahead.value) is type(in_process.value)
+    assert str(ahead.value) == str(in_process.value)
+    assert "name too long" in str(ahead.value)
+    assert [child.returncode for child in walks] == [filesystem_walk.WALK_FAILED]

@@ -16,6 +16,7 @@ from replicator.engine import RunOptions, run_policy
 from replicator.manifests import digest_of
 from replicator.verify import verify
 from state.store import StateStore
+from tests.conformance import too_deep
 
 BASE = sample_images.layer({"base": b"shared base layer" * 100})
 WEB = sample_images.image([BASE, sample_images.layer({"web": b"web"})])
@@ -83,6 +84,29 @@ def test_replicates_and_verifies_deeply(tmp_path):
     assert report.bytes_copied == sum(len(b.data) for b in (*blobs.values(), *manifests.values()))
     result = verify_storage(config.regions["src"].storage, config.regions["dst"].storage, sorted(images), deep=True)
     assert result.drift == [] and result.bytes_hashed > 0
+
+
+def test_both_regions_are_walked_at_once_in_processes_of_their_own_and_none_is_left(
+        tmp_path, walks, monkeypatch):
+    config = published(make_config(tmp_path), {("web", "1.0"): WEB})
+    walking = []
+    snapshot = StorageEndpoint.snapshot
+
+    def spied(endpoint, *args):
+        walking.append((endpoint.name, len(walks)))
+        return snapshot(endpoint, *args)
+
+    monkeypatch.setattr(StorageEndpoint, "snapshot", spied)
+    sync(config)
+    assert walking == [("src", 2), ("dst", 2)]
+    assert [child.args[-3] for child in walks] == [
+        str(tmp_path / name / layout.REPOSITORIES_PREFIX.rstrip("/")) for name in ("src", "dst")]
+    assert all(child.returncode == 0 for child in walks)
+    too_deep(tmp_path / "src" / layout.REPOSITORIES_PREFIX)
+    walks.clear()
+    report = sync(config)
+    assert "name too long" in report.error
+    assert len(walks) == 2 and all(child.returncode is not None for child in walks)
 
 
 def test_second_pass_writes_nothing(tmp_path):

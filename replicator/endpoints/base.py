@@ -173,6 +173,15 @@ class Endpoint(ABC):
         (:mod:`replicator.settling`); an endpoint without ``fingerprints`` ignores it. Raises
         ``StorageError``."""
 
+    def prepare(self, repository: str | None, state, wanted: Selection | None = None) -> None:
+        """The caller's next :meth:`snapshot` or destination snapshot has these arguments:
+        start now what may run ahead of it (a filesystem region's walk, in a child process),
+        beside what the caller does until then. :meth:`release` stops what no snapshot took.
+        The default starts nothing. Raises nothing a later snapshot would not."""
+
+    def release(self) -> None:
+        """Stop what :meth:`prepare` started and no snapshot took. Raises nothing."""
+
     @abstractmethod
     def tag_read(self, name: str, tag: str) -> str:
         """The digest the tag points at, read now (one request). Raises ``NotFound``, or

@@ -22,7 +22,7 @@ from replicator.endpoints.base import (Destination, DestinationSnapshot, Endpoin
                                        Selection)
 from replicator.inventory import Inventory
 from replicator.links import TagLinks
-from replicator.listing import repository_of, repository_pages
+from replicator.listing import full_listing, repository_of, repository_pages
 from replicator.once import Once
 from replicator.manifests import Manifest
 from replicator.planner import TagPlan, plan_tag
@@ -36,6 +36,7 @@ class StorageEndpoint(Destination):
         self.name = name
         self.storage = storage
         self.requests = storage.requests
+        self._ahead: Iterator[list[ObjectInfo]] | None = None
 
     def describe(self) -> str:
         return self.storage.describe()
@@ -48,12 +49,26 @@ class StorageEndpoint(Destination):
         cheaper; without ``wanted`` or ``state``, one listing of all. With ``skip``, each
         repository's entries are fingerprinted as the pages stream past, and held only if
         ``skip`` does not leave them out."""
+        ahead, self._ahead = self._ahead, None
         if repository:
+            _close(ahead)
             pages = self.storage.list(layout.repository_prefix(repository))
         else:
             pages = repository_pages(self.storage, self.name, state,
-                                     None if wanted is None else wanted.repository)
+                                     None if wanted is None else wanted.repository, ahead)
         return StorageSnapshot(self, pages, state, audit, repository, skip)
+
+    def prepare(self, repository: str | None, state, wanted: Selection | None = None) -> None:
+        """A pass of every repository whose listing is a full one (:func:`full_listing`)
+        starts it now, through :meth:`StorageDriver.list_ahead`."""
+        self.release()
+        if repository is None and full_listing(self.storage, self.name, state,
+                                               None if wanted is None else wanted.repository):
+            self._ahead = self.storage.list_ahead(layout.REPOSITORIES_PREFIX)
+
+    def release(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        _close(ahead)
 
     def tag_read(self, name: str, tag: str) -> str:
         return layout.parse_link(self.storage.read(layout.tag_current_key(name, tag)))
@@ -263,3 +278,9 @@ def _repositories(pages: Iterable[list[ObjectInfo]]) -> Iterator[tuple[str, list
             entries.append(info)
     if entries:
         yield name, entries
+
+
+def _close(pages: Iterator[list[ObjectInfo]] | None) -> None:
+    close = getattr(pages, "close", None)
+    if close is not None:
+        close()
