@@ -12,13 +12,15 @@ measures:
   ``--json`` report; on S3 both tools' from a counting proxy in front of moto);
 - one tag moved (``--moved-layers`` new layers): requests by kind, bytes moved, wall time;
 - dedup: blob bytes read from the source / bytes of the unique blobs the destination lacked;
-- memory: peak RSS (wait4) of a no-change pass over ~10,000 and ~100,000 keys (filesystem).
+- memory: peak RSS (wait4) of a no-change pass over ~10,000 and ~100,000 keys (filesystem;
+  with ``--only memory-s3``, S3 to S3 on moto run in this process instead).
 
 Every timing is a median over ``--runs`` runs with the tools interleaved, and every ratio is
 taken within this one invocation. rclone's two remotes are distinct, so it streams too.
 
     python bench/compare.py [--size 200MiB] [--tags 1000] [--repositories 50] [--runs 3]
-                            [--concurrency 8] [--only fs|s3] [--s3-size SIZE] [--s3-tags N]
+                            [--concurrency 8] [--only fs|s3|memory|memory-s3] [--s3-size SIZE]
+                            [--s3-tags N] [--memory-keys 10000,100000]
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -228,7 +232,7 @@ class Backend:
 
     def rclone(self, command: str, destination: Destination, flags: list[str],
                counted: bool = False) -> Result:
-        env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+        env = rclone_environment()
         target = destination.counted_rclone if counted else destination.rclone
         argv = [RCLONE, command, self.source_rclone(counted), target, "--config",
                 str(self.rclone_conf), "--use-json-log", "--stats", "1h",
@@ -277,13 +281,9 @@ class S3Backend(Backend):
                                        aws_access_key_id=S3_CREDENTIALS["accesskey"],
                                        aws_secret_access_key=S3_CREDENTIALS["secretkey"])
             self.bucket = self.new_bucket("source")
-            remote = ("type = s3\nprovider = Other\naccess_key_id = {accesskey}\n"
-                      "secret_access_key = {secretkey}\nregion = {region}\nendpoint = {url}\n"
-                      "force_path_style = true\nno_check_bucket = true\n")
-            self.rclone_conf.write_text("".join(
-                f"[{name}]\n" + remote.format(**S3_CREDENTIALS, url=url) + "\n"
-                for name, url in (("src", self.moto.url), ("dst", self.moto.url),
-                                  ("srcp", self.proxy.url), ("dstp", self.proxy.url))))
+            self.rclone_conf.write_text(rclone_s3_remotes(
+                {"src": self.moto.url, "dst": self.moto.url,
+                 "srcp": self.proxy.url, "dstp": self.proxy.url}))
         except BaseException:
             self.close()
             raise
@@ -393,7 +393,8 @@ class Bench:
         best = min(value for tool, value in values.items() if tool != "ours")
         self.rows.append(Row(
             backend, scenario, measure, {tool: f"{value:.2f}" for tool, value in values.items()},
-            ratio(values["ours"], values["rclone=c"]), ratio(values["ours"], best),
+            ratio(values["ours"], values["rclone=c"]) if "rclone=c" in values else "",
+            ratio(values["ours"], best),
             "" if target is None else f"<= {target:.1f}x rclone=c",
             "" if target is None else ("yes" if values["ours"] <= target * values["rclone=c"] else "NO")))
 
@@ -634,53 +635,63 @@ class Bench:
         self.notes.append(f"{name} one tag moved: rclone's bytes also count the {len(move.new_links)} "
                           f"link files written or rewritten (71 bytes each)")
 
-    def memory(self) -> None:
-        """Peak RSS of a no-change pass over N keys, filesystem to filesystem."""
+    def memory(self, backend: str = "fs") -> None:
+        """Peak RSS of a no-change pass over N keys, filesystem to filesystem, or S3 to S3:
+        two buckets of moto's server run in this process, the keys written into its backend
+        (``shards.py``'s ``BackendWrites``: what the driver's writes leave, with no request)."""
         args = self.args
         rss: dict[int, dict[str, list[float]]] = {}
         settles: dict[int, float] = {}
-        for keys in args.memory_keys:
-            root = self.work / f"memory-{keys}"
-            source, destination = root / "source", root / "destination"
-            self.log(f"memory: writing {keys} keys")
-            tags, repositories = many_keys(source, keys)
-            subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
-            config = root / "config.yml"
-            config.write_text(yaml.safe_dump({
-                "state": {"path": str(root / "state.db")}, "concurrency": args.concurrency,
-                "regions": {"src": {"storage": {"filesystem": {"rootdirectory": str(source)}}},
-                            "dst": {"storage": {"filesystem": {"rootdirectory": str(destination)}}}},
-                "policies": [{"name": "bench", "source": "src", "destinations": ["dst"]}]}))
-            ours = [sys.executable, "-m", "replicator", "sync", "--json", "--quiet", "--config", str(config)]
-            theirs = [RCLONE, "sync", str(source), str(destination), "--config", "/dev/null",
-                      *self.flags["rclone=c"]]
-            # the first pass reads every tag link, fills the state store and, finding every
-            # repository in sync, settles it: the passes after it skip them all
-            settles[keys] = run(ours).rss_mib
-            samples: dict[str, list[Result]] = {"ours": [], "rclone=c": []}
-            for number in range(args.runs):
-                self.log(f"memory: {keys} keys, run {number + 1}/{args.runs}")
-                samples["ours"].append(run(ours))
-                samples["rclone=c"].append(run(theirs))
-            last = samples["ours"][-1].report()["passes"][0]
-            if (last["tags_unchanged"], last["repositories_unchanged"]) != (tags, repositories):
-                raise RuntimeError(f"memory: not a no-change pass: {samples['ours'][-1].stdout[-1000:]}")
-            rss[keys] = {tool: [r.rss_mib for r in found] for tool, found in samples.items()}
-            self.timing_row("fs", "memory", f"wall s, no-change pass, {keys} keys",
-                            {tool: [r.wall for r in found] for tool, found in samples.items()})
-            shutil.rmtree(root)
+        theirs_tool = "rclone=c" if backend == "fs" else "rclone tuned"
+        with memory_regions(backend, self.work) as regions:
+            for keys in args.memory_keys:
+                self.log(f"memory ({backend}): writing {keys} keys")
+                files, tags, repositories = many_keys(keys)
+                storage, remotes = regions.fill(f"memory-{keys}", files)
+                root = self.work / f"memory-{keys}"
+                root.mkdir(exist_ok=True)
+                config = root / "config.yml"
+                config.write_text(yaml.safe_dump({
+                    "state": {"path": str(root / "state.db")}, "concurrency": args.concurrency,
+                    "regions": {name: {"storage": block} for name, block in storage.items()},
+                    "policies": [{"name": "bench", "source": "src", "destinations": ["dst"]}]}))
+                ours = [sys.executable, "-m", "replicator", "sync", "--json", "--quiet",
+                        "--config", str(config)]
+                theirs = [RCLONE, "sync", *remotes, "--config", str(regions.rclone_conf),
+                          *self.flags[theirs_tool]]
+                # the first pass reads every tag link, fills the state store and, finding every
+                # repository in sync, settles it: the passes after it skip them all
+                settles[keys] = run(ours).rss_mib
+                samples: dict[str, list[Result]] = {"ours": [], theirs_tool: []}
+                for number in range(args.runs):
+                    self.log(f"memory ({backend}): {keys} keys, run {number + 1}/{args.runs}")
+                    samples["ours"].append(run(ours))
+                    samples[theirs_tool].append(run(theirs, rclone_environment()))
+                last = samples["ours"][-1].report()
+                counted = last["passes"][0]
+                if ((counted["tags_unchanged"], counted["repositories_unchanged"]) != (tags, repositories)
+                        or any(n for region in last["requests"].values()
+                               for kind, n in region.items() if kind != "list")):
+                    raise RuntimeError(f"memory: not a no-change pass: {samples['ours'][-1].stdout[-1000:]}")
+                rss[keys] = {tool: [r.rss_mib for r in found] for tool, found in samples.items()}
+                self.timing_row(backend, "memory", f"wall s, no-change pass, {keys} keys",
+                                {tool: [r.wall for r in found] for tool, found in samples.items()})
+                self.row(backend, "memory", f"listing pages, no-change pass, {keys} keys",
+                         {"ours": "/".join(str(region["list"]) for region in last["requests"].values())})
+                shutil.rmtree(root)
+                regions.empty(f"memory-{keys}")
         for keys in sorted(rss):
-            self.row("fs", "memory", f"peak RSS MiB, first pass (reads every link, settles), {keys} keys",
+            self.row(backend, "memory", f"peak RSS MiB, first pass (reads every link, settles), {keys} keys",
                      {"ours": f"{settles[keys]:.1f}"})
-            self.timing_row("fs", "memory", f"peak RSS MiB, no-change pass, {keys} keys", rss[keys])
+            self.timing_row(backend, "memory", f"peak RSS MiB, no-change pass, {keys} keys", rss[keys])
         small, large = min(rss), max(rss)
         growth = {tool: median(rss[large][tool]) - median(rss[small][tool]) for tool in rss[large]}
-        self.row("fs", "memory", f"RSS growth MiB, {small} -> {large} keys",
+        self.row(backend, "memory", f"RSS growth MiB, {small} -> {large} keys",
                  {tool: f"{value:+.1f}" for tool, value in growth.items()},
                  target="flat (< 10 MiB)", met=growth["ours"] < 10)
         if large > small:
-            self.notes.append(f"memory: ours grows {growth['ours'] * MIB / (large - small):.0f} "
-                              f"bytes per key, rclone {growth['rclone=c'] * MIB / (large - small):.0f}")
+            self.notes.append(f"memory ({backend}): ours grows {growth['ours'] * MIB / (large - small):.0f} "
+                              f"bytes per key, rclone {growth[theirs_tool] * MIB / (large - small):.0f}")
 
     def table(self) -> str:
         header = ["backend", "scenario", "measure", *COLUMNS, "ours/rclone=c", "ours/best rclone",
@@ -699,9 +710,10 @@ def format_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def many_keys(root: Path, keys: int) -> tuple[int, int]:
-    """Write a registry of about ``keys`` keys, cheaply (plain files, no fsync): five tiny images
-    shared by every tag, two links per tag. Returns the numbers of tags and repositories."""
+def many_keys(keys: int) -> tuple[dict[str, bytes], int, int]:
+    """A registry of about ``keys`` keys, cheap to write: five tiny images shared by every tag,
+    two links per tag. Returns its objects (key to bytes) and the numbers of its tags and
+    repositories."""
     rng = random.Random(keys)
     blobs: dict[str, bytes] = {}
     images = []
@@ -733,14 +745,90 @@ def many_keys(root: Path, keys: int) -> tuple[int, int]:
         manifest = images[t % len(images)][0]
         files[layout.tag_current_key(name, tag)] = manifest.encode()
         files[layout.tag_index_key(name, tag, manifest)] = manifest.encode()
-    made: set[Path] = set()
-    for key, data in files.items():
-        path = root / key
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        path.write_bytes(data)
-    return tags, repositories
+    return files, tags, repositories
+
+
+class FilesystemRegions:
+    """The memory test's two regions as directories (the destination a copy, ``cp -a``)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.rclone_conf = "/dev/null"
+
+    def fill(self, label: str, files: dict[str, bytes]) -> tuple[dict, tuple[str, str]]:
+        """Both regions holding ``files``: their storage blocks and rclone remotes."""
+        source, destination = self.work / label / "source", self.work / label / "destination"
+        made: set[Path] = set()
+        for key, data in files.items():
+            path = source / key
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            path.write_bytes(data)
+        subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
+        return ({"src": {"filesystem": {"rootdirectory": str(source)}},
+                 "dst": {"filesystem": {"rootdirectory": str(destination)}}},
+                (str(source), str(destination)))
+
+    def empty(self, label: str) -> None:
+        shutil.rmtree(self.work / label, ignore_errors=True)
+
+
+class S3Regions:
+    """The memory test's two regions as buckets of moto's server in this process, filled
+    through its backend."""
+
+    def __init__(self, work: Path, url: str):
+        self.url = url
+        self.client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                                   aws_access_key_id=S3_CREDENTIALS["accesskey"],
+                                   aws_secret_access_key=S3_CREDENTIALS["secretkey"])
+        self.rclone_conf = work / "rclone-memory.conf"
+        self.rclone_conf.write_text(rclone_s3_remotes({"mem": url}))
+
+    def fill(self, label: str, files: dict[str, bytes]) -> tuple[dict, tuple[str, str]]:
+        from shards import BackendWrites
+        blocks = {}
+        for region in ("src", "dst"):
+            bucket = f"{label}-{region}"
+            self.client.create_bucket(Bucket=bucket)
+            blocks[region] = {"s3": {**S3_CREDENTIALS, "bucket": bucket, "regionendpoint": self.url,
+                                     "secure": False}}
+            writes = BackendWrites(open_storage(blocks[region]))
+            for key, data in files.items():
+                writes.write(key, data)
+        return blocks, (f"mem:{label}-src", f"mem:{label}-dst")
+
+    def empty(self, label: str) -> None:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+        for region in ("src", "dst"):
+            s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets.pop(f"{label}-{region}", None)
+
+
+@contextmanager
+def memory_regions(backend: str, work: Path) -> Iterator[FilesystemRegions | S3Regions]:
+    """The memory test's regions on ``backend`` (``fs`` or ``s3``)."""
+    if backend == "fs":
+        yield FilesystemRegions(work)
+        return
+    from shards import moto_in_process
+    with moto_in_process() as moto:
+        yield S3Regions(work, moto.url)
+
+
+def rclone_environment() -> dict[str, str]:
+    """This environment without ``AWS_CA_BUNDLE``, which rclone's plain-HTTP remotes refuse."""
+    return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+
+
+def rclone_s3_remotes(urls: dict[str, str]) -> str:
+    """An rclone configuration of one S3 remote per name, each at its URL (moto's)."""
+    remote = ("type = s3\nprovider = Other\naccess_key_id = {accesskey}\n"
+              "secret_access_key = {secretkey}\nregion = {region}\nendpoint = {url}\n"
+              "force_path_style = true\nno_check_bucket = true\n")
+    return "".join(f"[{name}]\n" + remote.format(**S3_CREDENTIALS, url=url) + "\n"
+                   for name, url in urls.items())
 
 
 def machine(tools: tuple[tuple[str, ...], ...] = ((RCLONE, "version"),)) -> str:
@@ -781,8 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     registry_arguments(parser, tags=1000, repositories=50, size_note="; moto holds it in memory",
                        peer="rclone's --transfers")
-    parser.add_argument("--only", choices=("fs", "s3", "memory"),
-                        help="one backend only, or only the memory test")
+    parser.add_argument("--only", choices=("fs", "s3", "memory", "memory-s3"),
+                        help="one backend only, or only the memory test (memory-s3: on S3, "
+                             "moto in this process, which no other choice runs)")
     parser.add_argument("--s3-size", type=registry_gen.parse_size,
                         help="the S3 registry's size if not --size (moto holds it in memory)")
     parser.add_argument("--s3-tags", type=int,
@@ -806,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.backend(FilesystemBackend(work / "fs"))
         if args.only in (None, "fs", "memory"):
             bench.memory()
+        if args.only == "memory-s3":
+            bench.memory("s3")
         if args.only in (None, "s3"):
             backend = S3Backend(work / "s3")
             try:
