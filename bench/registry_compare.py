@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import registry_gen  # noqa: E402
-from compare import (PROJECT, Result, format_table, kinds, machine, median,  # noqa: E402
-                     process_cpu, ratio, registry_arguments, run)
+from compare import (CACHED, Result, format_table, kinds, machine, median,  # noqa: E402
+                     process_cpu, ratio, registry_arguments, replicator_environment, run)
 from drivers.filesystem import FilesystemDriver  # noqa: E402
 from drivers.registry.manifest import ACCEPT  # noqa: E402
 from tests.registry import filesystem_storage, start_registry  # noqa: E402
@@ -63,8 +63,6 @@ SKOPEO = shutil.which("skopeo") or "skopeo"
 REGISTRY = shutil.which("docker-registry") or "docker-registry"
 SKOPEO_CACHE = "/var/lib/containers/cache"
 TOOLS = ("ours", "skopeo")
-CACHED = "ours cached"
-"""The replicator with a bytecode cache of its own (see the module docstring)."""
 _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) (\d+)')
 
 
@@ -161,10 +159,7 @@ class Bench:
             "regions": {"a": {"registry": {"url": self.source.url}},
                         "b": {"registry": {"url": destination.url}}},
             "policies": [{"name": "bench", "source": "a", "destinations": ["b"]}]}))
-        env = dict(os.environ, PYTHONPATH=str(PROJECT))
-        if cached:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pycache")
+        env = replicator_environment(self.work / "pycache" if cached else None)
         return run([sys.executable, "-m", "replicator", "sync", "--json", "--quiet",
                     "--config", str(config)], env)
 
