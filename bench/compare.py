@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import boto3
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +57,7 @@ from drivers.base import REQUEST_KINDS, StorageDriver  # noqa: E402
 from drivers.filesystem import FilesystemDriver  # noqa: E402
 from replicator import layout  # noqa: E402
 from tests.faults import FaultProxy  # noqa: E402
+from tests.registry import create_bucket, s3_client  # noqa: E402
 from tests.services import S3_CREDENTIALS, start_moto  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -281,9 +281,7 @@ class S3Backend(Backend):
         self.server_pid = self.moto.process.pid
         try:
             self.proxy = FaultProxy(self.moto.url).start()
-            self.client = boto3.client("s3", endpoint_url=self.moto.url, region_name="us-east-1",
-                                       aws_access_key_id=S3_CREDENTIALS["accesskey"],
-                                       aws_secret_access_key=S3_CREDENTIALS["secretkey"])
+            self.client = s3_client(self.moto.url)
             self.bucket = self.new_bucket("source")
             self.rclone_conf.write_text(rclone_s3_remotes(
                 {"src": self.moto.url, "dst": self.moto.url,
@@ -297,19 +295,16 @@ class S3Backend(Backend):
         self.client.create_bucket(Bucket=bucket)
         return bucket
 
-    def _block(self, bucket: str, url: str) -> dict:
-        return {"s3": {**S3_CREDENTIALS, "bucket": bucket, "regionendpoint": url, "secure": False}}
-
     def source_storage(self, counted: bool = False) -> dict:
-        return self._block(self.bucket, self.proxy.url if counted else self.moto.url)
+        return s3_block(self.bucket, self.proxy.url if counted else self.moto.url)
 
     def source_rclone(self, counted: bool = False) -> str:
         return f"{'srcp' if counted else 'src'}:{self.bucket}"
 
     def new_destination(self, label: str) -> Destination:
         bucket = self.new_bucket(label)
-        return Destination(bucket, self._block(bucket, self.moto.url), f"dst:{bucket}",
-                           self.work / f"{bucket}.db", self._block(bucket, self.proxy.url),
+        return Destination(bucket, s3_block(bucket, self.moto.url), f"dst:{bucket}",
+                           self.work / f"{bucket}.db", s3_block(bucket, self.proxy.url),
                            f"dstp:{bucket}")
 
     def remove(self, destination: Destination) -> None:
@@ -673,11 +668,11 @@ class Bench:
                           *self.flags[theirs_tool]]
                 # the first pass reads every tag link, fills the state store and, finding every
                 # repository in sync, settles it: the passes after it skip them all
-                settles[keys] = run(ours).rss_mib
+                settles[keys] = run(ours, replicator_environment()).rss_mib
                 samples: dict[str, list[Result]] = {"ours": [], theirs_tool: []}
                 for number in range(args.runs):
                     self.log(f"memory ({backend}): {keys} keys, run {number + 1}/{args.runs}")
-                    samples["ours"].append(run(ours))
+                    samples["ours"].append(run(ours, replicator_environment()))
                     samples[theirs_tool].append(run(theirs, rclone_environment()))
                 last = samples["ours"][-1].report()
                 counted = last["passes"][0]
@@ -792,9 +787,6 @@ class S3Regions:
 
     def __init__(self, work: Path, url: str):
         self.url = url
-        self.client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                                   aws_access_key_id=S3_CREDENTIALS["accesskey"],
-                                   aws_secret_access_key=S3_CREDENTIALS["secretkey"])
         self.rclone_conf = work / "rclone-memory.conf"
         self.rclone_conf.write_text(rclone_s3_remotes({"mem": url}))
 
@@ -802,10 +794,7 @@ class S3Regions:
         from shards import BackendWrites
         blocks = {}
         for region in ("src", "dst"):
-            bucket = f"{label}-{region}"
-            self.client.create_bucket(Bucket=bucket)
-            blocks[region] = {"s3": {**S3_CREDENTIALS, "bucket": bucket, "regionendpoint": self.url,
-                                     "secure": False}}
+            blocks[region] = s3_block(create_bucket(self.url, f"{label}-{region}"), self.url)
             writes = BackendWrites(open_storage(blocks[region]))
             for key, data in files.items():
                 writes.write(key, data)
@@ -844,6 +833,11 @@ def replicator_environment(cache: Path | None = None) -> dict[str, str]:
 def rclone_environment() -> dict[str, str]:
     """This environment without ``AWS_CA_BUNDLE``, which rclone's plain-HTTP remotes refuse."""
     return {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+
+
+def s3_block(bucket: str, url: str) -> dict:
+    """The ``storage:`` block of ``bucket`` on moto at ``url``, the driver's root directory."""
+    return {"s3": {**S3_CREDENTIALS, "bucket": bucket, "regionendpoint": url, "secure": False}}
 
 
 def rclone_s3_remotes(urls: dict[str, str]) -> str:

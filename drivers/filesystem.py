@@ -85,8 +85,10 @@ def _child_objects(child: subprocess.Popen, prefix: str) -> Iterator[ObjectInfo]
     fields: list[bytes] = []
     tail = b""
     while chunk := os.read(fd, CHUNK_SIZE):
-        fields += (tail + chunk).split(b"\0")
-        tail = fields.pop()
+        parts = chunk.split(b"\0")
+        parts[0] = tail + parts[0]
+        tail = parts.pop()
+        fields += parts
         whole = len(fields) - len(fields) % 3
         for i in range(0, whole, 3):
             yield _info(fields[i].decode("utf-8", "surrogateescape"), int(fields[i + 1]),
@@ -226,7 +228,7 @@ class FilesystemDriver(StorageDriver):
 
     def list(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         check_prefix(prefix)
-        return self._pages(prefix, lambda top: self._walk(top, prefix))
+        return self._pages(self._top(prefix), lambda top: self._walk(top, prefix))
 
     def list_ahead(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
         """As :meth:`list`, from a walk in a child process (:mod:`drivers.filesystem_walk`)
@@ -243,7 +245,7 @@ class FilesystemDriver(StorageDriver):
             except OSError:
                 pass
             else:
-                return _ChildPages(self._pages(prefix, lambda _: _child_objects(child, prefix)),
+                return _ChildPages(self._pages(top, lambda _: _child_objects(child, prefix)),
                                    child)
         return self.list(prefix)
 
@@ -253,7 +255,8 @@ class FilesystemDriver(StorageDriver):
         :meth:`list` is, one ``list`` per page."""
         check_prefix(prefix)
         check_delimiter(delimiter)
-        return self._pages(prefix, lambda top: self._prefixes(top, prefix, prefix, delimiter))
+        return self._pages(self._top(prefix),
+                           lambda top: self._prefixes(top, prefix, prefix, delimiter))
 
     def _top(self, prefix: str) -> str | None:
         """The directory of a checked prefix's keys; ``None`` for the temporary area's or one
@@ -263,11 +266,11 @@ class FilesystemDriver(StorageDriver):
             return None
         return top
 
-    def _pages(self, prefix: str, walk: Callable[[str], Iterator[T]]) -> Iterator[list[T]]:
-        """Pages of ``PAGE_SIZE`` of what ``walk`` yields from the prefix's directory, one
-        ``list`` request counted per page (and one for a listing that finds nothing)."""
+    def _pages(self, top: str | None, walk: Callable[[str], Iterator[T]]) -> Iterator[list[T]]:
+        """Pages of ``PAGE_SIZE`` of what ``walk`` yields from ``top`` (a prefix's directory,
+        :meth:`_top`; ``None``: nothing), one ``list`` request counted per page (and one for a
+        listing that finds nothing)."""
         self.requests.add("list")
-        top = self._top(prefix)
         if top is None:
             return
         page: list[T] = []
