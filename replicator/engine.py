@@ -486,8 +486,7 @@ class DestinationPass:
                 token = self._make(step, TagMove(plan.name, plan.tag, plan.digest, current))
             if token is not None:
                 self.held.record_tag(plan.name, plan.tag, token, plan.digest)
-                self.state.record_made_tag(self.destination_name, plan.name, plan.tag, plan.digest)
-                self._record_replication(plan.name, plan.tag, plan.digest)
+                self._record_move(plan.name, plan.tag, plan.digest)
                 self._changed(plan.name, plan.tag, current, plan.digest, copied, artifacts)
 
     def _changed(self, name: str, tag: str, old: str | None, new: str | None,
@@ -498,14 +497,15 @@ class DestinationPass:
                                           self.destination_name, name, tag, action, old, new,
                                           copied, self.report.pass_id, artifacts))
 
-    def _record_replication(self, name: str, tag: str, digest: str) -> None:
-        """The move's times, for the status API and the replication-delay histogram: the
-        change counts from the earliest the source's listing or a push event showed it."""
+    def _record_move(self, name: str, tag: str, digest: str) -> None:
+        """The tag as made by the replicator (only such tags may be deleted) and the move's
+        times, for the status API and the replication-delay histogram: the change counts from
+        the earliest the source's listing or a push event showed it."""
         listed = self.source.snapshot.tags.get((name, tag))
         changed = min(listed.mtime if listed is not None else time.time(),
                       self.pending_since.get((name, tag), float("inf")))
-        self.state.record_replication(self.policy.name, self.destination_name, name, tag, digest,
-                                      changed, time.time(), self.region.cdn is not None)
+        self.state.record_move(self.policy.name, self.destination_name, name, tag, digest,
+                               changed, time.time(), self.region.cdn is not None)
 
     def _make(self, step: tuple[str, str], move: TagMove | None = None) -> str | None:
         """One step through the gate; its change token, ``None`` in a dry run."""

@@ -561,13 +561,6 @@ class StateStore:
             self.db.execute("update egress_budgets set waiting = ? where policy = ? and destination = ?",
                             [waiting, policy, destination])
 
-    def record_made_tag(self, destination: str, repository: str, tag: str, digest: str) -> None:
-        """Remember that the replicator itself moved the tag at ``destination`` to ``digest``."""
-        with self._lock, self.db.conn:
-            self.db["made_tags"].upsert({"destination": destination, "repository": repository,
-                                         "tag": tag, "digest": digest},
-                                        pk=("destination", "repository", "tag"))
-
     def made_tags(self, destination: str) -> dict[tuple[str, str], str]:
         """The tags the replicator made at ``destination``, with the digest it wrote."""
         with self._lock:
@@ -601,17 +594,24 @@ class StateStore:
                 "values (?, ?, ?, ?, ?)",
                 [(policy, destination, name, tag, since) for (name, tag), since in absences.items()])
 
-    def record_replication(self, policy: str, destination: str, repository: str, tag: str,
-                           digest: str, changed: float, replicated: float, purge: bool) -> None:
-        """Note that the tag's move to ``digest`` was applied at ``replicated`` for a change made
-        at the source at ``changed``; with ``purge``, it becomes visible when its CDN purge is
-        accepted (:meth:`record_purged`), else at once."""
+    def record_move(self, policy: str, destination: str, repository: str, tag: str,
+                    digest: str, changed: float, replicated: float, purge: bool) -> None:
+        """Note, in one transaction, that the replicator itself moved the tag at
+        ``destination`` to ``digest`` (``made_tags``) at ``replicated``, for a change made at
+        the source at ``changed``; with ``purge``, the move becomes visible when its CDN purge
+        is accepted (:meth:`record_purged`), else at once (``replications``)."""
         with self._lock, self.db.conn:
-            self.db["replications"].upsert(
-                {"policy": policy, "destination": destination, "repository": repository,
-                 "tag": tag, "digest": digest, "changed": changed, "replicated": replicated,
-                 "purged": None, "visible": None if purge else replicated, "observed": 0},
-                pk=("policy", "destination", "repository", "tag"))
+            self.db.execute("insert into made_tags (destination, repository, tag, digest) "
+                            "values (?, ?, ?, ?) on conflict do update set digest = excluded.digest",
+                            [destination, repository, tag, digest])
+            self.db.execute(
+                "insert into replications (policy, destination, repository, tag, digest, changed, "
+                "replicated, purged, visible, observed) values (?, ?, ?, ?, ?, ?, ?, null, ?, 0) "
+                "on conflict do update set digest = excluded.digest, changed = excluded.changed, "
+                "replicated = excluded.replicated, purged = null, visible = excluded.visible, "
+                "observed = 0",
+                [policy, destination, repository, tag, digest, changed, replicated,
+                 None if purge else replicated])
 
     def awaiting_purge(self, destination: str) -> list[tuple[str, str]]:
         """(repository, tag) of every move at ``destination`` whose purge is not yet noted."""

@@ -58,9 +58,10 @@ def test_api_token_is_optional_and_must_be_a_non_empty_string(tmp_path):
 
 def test_a_move_is_visible_at_once_without_a_cdn_and_once_purged_with_one():
     state = StateStore(":memory:")
-    state.record_replication("prod", "eu", "app", "1", DIGEST, 100.0, 130.0, purge=False)
-    state.record_replication("prod", "us", "app", "1", DIGEST, 100.0, 131.0, purge=True)
+    state.record_move("prod", "eu", "app", "1", DIGEST, 100.0, 130.0, purge=False)
+    state.record_move("prod", "us", "app", "1", DIGEST, 100.0, 131.0, purge=True)
     assert state.awaiting_purge("eu") == [] and state.awaiting_purge("us") == [("app", "1")]
+    assert state.made_tags("eu") == state.made_tags("us") == {("app", "1"): DIGEST}
     [taken] = state.take_visible_replications()
     assert (taken.destination, taken.visible - taken.changed) == ("eu", 30.0)
     assert state.take_visible_replications() == []
@@ -68,7 +69,7 @@ def test_a_move_is_visible_at_once_without_a_cdn_and_once_purged_with_one():
     state.record_purged("us", [("app", "1")], 140.0)
     [taken] = state.take_visible_replications()
     assert (taken.destination, taken.replicated, taken.purged, taken.visible) == ("us", 131.0, 140.0, 140.0)
-    state.record_replication("prod", "us", "app", "1", DIGEST, 200.0, 210.0, purge=True)
+    state.record_move("prod", "us", "app", "1", DIGEST, 200.0, 210.0, purge=True)
     record = state.replication("prod", "us", "app", "1")
     assert (record.changed, record.purged, record.visible) == (200.0, None, None)
 
