@@ -95,7 +95,8 @@ layout folder (``blobs``, ``repositories``) into the JSON file ``$BENCH_READS``.
 
 @dataclass
 class Result:
-    """One child process: wall and CPU seconds, peak RSS, and what it printed."""
+    """One child process: wall and CPU seconds, peak RSS, what it printed, and its context
+    switches (voluntary and not, ``wait4``)."""
 
     wall: float
     cpu: float
@@ -104,6 +105,7 @@ class Result:
     stdout: str
     stderr: str
     server_cpu: float | None = None
+    switches: int = 0
 
     def report(self) -> dict:
         return json.loads(self.stdout)
@@ -132,7 +134,7 @@ _, status, usage = os.wait4(pid, 0)
 wall = time.monotonic() - started
 with open(record, "w") as file:
     file.write(repr((wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                     os.waitstatus_to_exitcode(status))))
+                     os.waitstatus_to_exitcode(status), usage.ru_nvcsw + usage.ru_nivcsw)))
 """
 """``python -I -S -c`` program that runs a command and records its wall time and wait4() usage.
 
@@ -149,11 +151,11 @@ def run(argv: list[str], env: dict | None = None, server_pid: int | None = None,
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, record.name, *argv]
         child = subprocess.run(launcher, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=PROJECT)
         server = process_cpu(server_pid)
-        wall, cpu, rss, code = ast.literal_eval(record.read())
+        wall, cpu, rss, code, switches = ast.literal_eval(record.read())
         errors.seek(0)
         result = Result(wall, cpu, rss / 1024, code, child.stdout.decode(),
                         errors.read().decode(errors="replace"),
-                        None if server is None else server - server_before)
+                        None if server is None else server - server_before, switches)
     if check and (result.code != 0 or child.returncode != 0):
         raise RuntimeError(f"{' '.join(argv[:4])}... exited {result.code}: {result.stderr[-3000:]}")
     return result

@@ -120,3 +120,15 @@ def test_a_moved_tag_copies_exactly_its_new_blobs(world):
     assert report.blobs_copied + report.manifests_copied == len(move.new_blobs)
     assert report.bytes_copied == move.new_bytes
     assert requests["dst"]["put"] == len(move.new_blobs) + len(move.new_links)
+
+
+@pytest.mark.parametrize("mode, threads, batch", [("fsync", 1, 1), ("fsync", 4, 1),
+                                                  ("syncfs", 1, 7), ("none", 1, 1)])
+def test_the_floor_copies_copy_every_file_exactly(world, tmp_path, mode, threads, batch):
+    floor_copy = _load("floor_copy")
+    config = world[0]
+    source = config.regions["src"].storage.root
+    assert floor_copy.main([mode, source, str(tmp_path), str(threads), str(batch)]) == 0
+    copied = floor_copy.files(str(tmp_path))
+    assert copied == floor_copy.files(source) and len(copied) > 30
+    assert all(Path(tmp_path, key).read_bytes() == Path(source, key).read_bytes() for key in copied)
